@@ -1,0 +1,1 @@
+"""The Prefect flows: record a room."""

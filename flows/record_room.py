@@ -1,0 +1,139 @@
+"""One flow run per request: join → record (one task per anchor) → transcode → upload →
+callback → cleanup. Each anchor's steps are chained futures, so one anchor's failure never
+holds up or loses another's file."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from prefect import flow, get_run_logger
+from prefect.futures import PrefectFuture, wait
+from prefect.runtime import flow_run
+from prefect.states import Failed, State
+
+from recorder.media.transcode import TranscodeReport
+from recorder.outcome import StepFailure, file_entry
+from recorder.recording import Recording
+from recorder.request import RecordingRequest
+from recorder.result import FileEntry, ResultDocument
+from recorder.room_watch import RoomWatcher
+from recorder.rooms import open_room
+from recorder.settings import RecorderSettings
+from recorder.workspace import Take, Workspace
+from tasks.callback import send_callback
+from tasks.cleanup import cleanup
+from tasks.join import join
+from tasks.record import record
+from tasks.session import RoomSession
+from tasks.transcode import transcode_recording
+from tasks.upload import upload
+
+
+@dataclass
+class AnchorPipeline:
+    take: Take
+    recorded: PrefectFuture[Recording]
+    converted: PrefectFuture[TranscodeReport]
+    stored: PrefectFuture[str]
+
+    def entry(self) -> FileEntry:
+        return file_entry(
+            self.take.anchor,
+            _outcome(self.recorded),
+            _outcome(self.converted),
+            _outcome(self.stored),
+        )
+
+
+def _outcome(future: PrefectFuture[object]) -> object:
+    state = future.state
+    if state.is_completed():
+        return state.result()
+    if state.is_failed() or state.is_crashed():
+        error = state.result(raise_on_failure=False)
+        return StepFailure(str(error) if isinstance(error, BaseException) else state.message or state.name)
+    return None  # never ran: an earlier step failed
+
+
+def _start(session: RoomSession, take: Take) -> AnchorPipeline:
+    recorded = record.submit(session, take)
+    converted = transcode_recording.submit(recorded, session.mode)
+    stored = upload.submit(session, take, converted)
+    return AnchorPipeline(take, recorded, converted, stored)
+
+
+def _watch_room(
+    request: RecordingRequest, session: RoomSession, workspace: Workspace, settings: RecorderSettings
+) -> dict[str, AnchorPipeline]:
+    """Start a pipeline for every anchor who publishes, until the room is over for us."""
+    logger = get_run_logger()
+    room = open_room(session.backend, session.sdk_app_id, session.room)
+    watcher = RoomWatcher(room, request.MaxIdleTime)
+    pipelines: dict[str, AnchorPipeline] = {}
+    while True:
+        step = watcher.step()
+        for anchor in step.start:
+            take = Take(anchor=anchor, started_at=datetime.now(UTC), stream_url=room.stream_url(anchor))
+            workspace.add(take)
+            pipelines[take.name] = _start(session, take)
+            logger.info("anchor %s is publishing: recording started", anchor)
+        for pipeline in pipelines.values():
+            if pipeline.recorded.state.is_final():
+                watcher.finished(pipeline.take.anchor)
+        if step.stop_reason:
+            workspace.close(step.stop_reason)
+            logger.info("recording ends: %s", step.stop_reason)
+            return pipelines
+        time.sleep(settings.poll_seconds)
+
+
+@flow(name="record-room", log_prints=True)
+def record_room(request: RecordingRequest) -> ResultDocument | State[ResultDocument]:
+    """Record every anchor of the request's room into its own file and report the result."""
+    logger = get_run_logger()
+    settings = RecorderSettings()
+    run_dir = (settings.work_root / (flow_run.get_id() or uuid.uuid4().hex)).resolve()
+    session = join(request, run_dir)
+    workspace = Workspace(run_dir)
+
+    if workspace.closed_reason() is None:
+        pipelines = _watch_room(request, session, workspace, settings)
+    else:
+        # A retried run: the room ended before; deliver the takes the journal lists.
+        logger.info("room closed earlier (%s): finishing its recordings", workspace.closed_reason())
+        pipelines = {}
+    for take in workspace.takes():
+        if take.name not in pipelines:
+            pipelines[take.name] = _start(session, take)
+    ordered = sorted(pipelines.values(), key=lambda p: (p.take.started_at, p.take.anchor))
+    wait([p.stored for p in ordered])
+
+    document = ResultDocument.for_request(request, [p.entry() for p in ordered])
+    problems = [f"{f.UserId}: {f.Message}" for f in document.failed]
+    delivered = True
+    if request.Callback is not None:
+        callback = send_callback(str(request.Callback), document, return_state=True)
+        if not callback.is_completed():
+            delivered = False
+            problems.append(str(callback.result(raise_on_failure=False)))
+    stored = [p.take for p in ordered if p.stored.state.is_completed()]
+    cleanup(session, stored, delivered)
+
+    if problems:
+        return Failed(message="; ".join(problems), data=document)
+    return document
+
+
+def run_request(request: RecordingRequest) -> tuple[ResultDocument, State[ResultDocument]]:
+    """Run the flow here and now; the document is there whether or not a step failed."""
+    state = record_room(request, return_state=True)
+    document = state.result(raise_on_failure=False)
+    if not isinstance(document, ResultDocument):
+        raise RuntimeError(f"the recording run ended without a result: {document}")
+    return document, state
+
+
+__all__ = ["record_room", "run_request"]

@@ -1,0 +1,184 @@
+"""The `sim` room: simulated anchors served as live HTTP-FLV on loopback.
+
+It stands in for a TRTC room plus its relay: each anchor's stream is served at
+`/live/{stream}.flv` while the anchor publishes; removing the recorder or dismissing the
+room ends every stream, as the end of a TRTC relay does. The first pull of an anchor gets
+its media from its first frame (a relay started as the anchor joined); a later pull, after
+a drop, gets live media from that moment on.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from urllib.parse import quote, unquote
+
+from recorder.rooms.base import RoomNotFoundError
+from recorder.rooms.flv_publisher import publish_flv
+from recorder.rooms.sim_script import SimAnchor, SimScript
+
+
+class _ChunkedWriter:
+    """HTTP/1.1 chunked transfer: the reader sees a clean end of stream, not a reset."""
+
+    def __init__(self, handler: BaseHTTPRequestHandler) -> None:
+        self._wfile = handler.wfile
+
+    def write(self, data: bytes) -> int:
+        if data:
+            self._wfile.write(b"%x\r\n%b\r\n" % (len(data), bytes(data)))
+        return len(data)
+
+    def finish(self) -> None:
+        self._wfile.write(b"0\r\n\r\n")
+
+
+class SimRoom:
+    """A scripted room. Use as a context manager, or `start()` / `stop()`."""
+
+    def __init__(self, sdk_app_id: int, room: str, script: SimScript) -> None:
+        self.sdk_app_id = sdk_app_id
+        self.room = room
+        self.script = script
+        self._anchors = {a.user_id: a for a in script.anchors}
+        self._started_at: float | None = None
+        self._pulled: set[str] = set()
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def start(self) -> SimRoom:
+        self._thread.start()
+        register(self)
+        return self
+
+    def stop(self) -> None:
+        unregister(self)
+        self._stopping.set()
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+    def __enter__(self) -> SimRoom:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- the Room interface ------------------------------------------------------------
+
+    def begin(self) -> float:
+        """Start the script's clock (idempotent); return its start on the monotonic clock.
+
+        The recorder's first look at the room starts it, so a script reads as "seconds
+        after the recorder joined" however long the recorder took to get there."""
+        with self._lock:
+            if self._started_at is None:
+                self._started_at = time.monotonic()
+            return self._started_at
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.begin()
+
+    def publishers(self) -> set[str]:
+        if self.ended() or self.recorder_removed():
+            return set()
+        now = self.elapsed()
+        return {a.user_id for a in self.script.anchors if a.join <= now < a.leave}
+
+    def stream_url(self, anchor: str) -> str:
+        if anchor not in self._anchors:
+            raise RoomNotFoundError(f"anchor {anchor!r} is not in simulated room {self.room!r}")
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}/live/{quote(anchor, safe='')}.flv"
+
+    def ended(self) -> bool:
+        at = self.script.dismiss_at
+        return self._stopping.is_set() or (at is not None and self.elapsed() >= at)
+
+    def recorder_removed(self) -> bool:
+        at = self.script.remove_recorder_at
+        return at is not None and self.elapsed() >= at
+
+    # -- serving -----------------------------------------------------------------------
+
+    def _relay_over(self) -> bool:
+        return self.ended() or self.recorder_removed()
+
+    def _serve(self, handler: BaseHTTPRequestHandler) -> None:
+        name = unquote(handler.path.removeprefix("/live/").removesuffix(".flv"))
+        anchor = self._anchors.get(name)
+        if anchor is None or name not in self.publishers():
+            handler.send_error(HTTPStatus.NOT_FOUND, "no such stream")
+            return
+        with self._lock:
+            first_pull = name not in self._pulled
+            self._pulled.add(name)
+        wall_start = self.begin() + anchor.join
+        media_from = 0.0 if first_pull else max(0.0, time.monotonic() - wall_start)
+        handler.send_response(HTTPStatus.OK)
+        handler.send_header("Content-Type", "video/x-flv")
+        handler.send_header("Transfer-Encoding", "chunked")
+        handler.send_header("Connection", "close")
+        handler.end_headers()
+        writer = _ChunkedWriter(handler)
+        try:
+            publish_flv(anchor, writer, wall_start, media_from, self._relay_over)
+            writer.finish()
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the recorder hung up: nothing to send any more
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        room = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                room._serve(self)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass  # the recorder logs what matters; the room stays quiet
+
+        return Handler
+
+
+# Running simulated rooms of this process, found by (SdkAppId, room) like TRTC rooms are.
+_ROOMS: dict[tuple[int, str], SimRoom] = {}
+_ROOMS_LOCK = threading.Lock()
+
+
+def register(room: SimRoom) -> None:
+    with _ROOMS_LOCK:
+        _ROOMS[(room.sdk_app_id, room.room)] = room
+
+
+def unregister(room: SimRoom) -> None:
+    with _ROOMS_LOCK:
+        if _ROOMS.get((room.sdk_app_id, room.room)) is room:
+            del _ROOMS[(room.sdk_app_id, room.room)]
+
+
+def find_sim_room(sdk_app_id: int, room: str) -> SimRoom:
+    with _ROOMS_LOCK:
+        found = _ROOMS.get((sdk_app_id, room))
+    if found is None:
+        raise RoomNotFoundError(
+            f"no simulated room {room!r} for SdkAppId {sdk_app_id} is running in this process"
+        )
+    return found
+
+
+__all__ = ["SimAnchor", "SimRoom", "SimScript", "find_sim_room"]

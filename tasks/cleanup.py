@@ -1,0 +1,23 @@
+from __future__ import annotations
+
+from prefect import get_run_logger, task
+
+from recorder.workspace import Take, Workspace
+from tasks.session import RoomSession
+
+
+@task(name="cleanup")
+def cleanup(session: RoomSession, stored: list[Take], delivered: bool) -> int:
+    """Remove the media of the takes whose final file is stored; keep everything else.
+
+    The run's journal stays until the result is `delivered`, so a retried run still knows
+    the room is over and which takes it had."""
+    workspace = Workspace(session.run_dir)
+    for take in stored:
+        workspace.discard(take)
+    kept = len(workspace.takes())
+    if delivered and workspace.discard_if_done():
+        get_run_logger().info("work folder %s removed: every file is stored", session.run_dir)
+    else:
+        get_run_logger().warning("kept %d recording(s) in %s: not stored yet", kept, session.run_dir)
+    return kept

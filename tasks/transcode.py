@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+from prefect import Task, get_run_logger, task
+from prefect.client.schemas.objects import TaskRun
+from prefect.states import State
+
+from recorder.media.capture import segment_files
+from recorder.media.transcode import EXTENSIONS, TranscodeError, TranscodeReport, transcode
+from recorder.recording import Recording
+from recorder.request import RecordMode
+
+
+def _worth_retrying(task: Task[..., object], run: TaskRun, state: State[object]) -> bool:
+    # A recording without the media the Mode needs will not grow it on a second try.
+    return not isinstance(state.result(raise_on_failure=False), TranscodeError)
+
+
+@task(
+    name="transcode",
+    task_run_name="transcode-{recording.take.anchor}",
+    persist_result=True,
+    retries=1,
+    retry_delay_seconds=1,
+    retry_condition_fn=_worth_retrying,
+)
+def transcode_recording(recording: Recording, mode: RecordMode) -> TranscodeReport:
+    """Make the MP3/MP4 the Mode asks for, beside the recording's segments."""
+    destination = recording.folder / f"{recording.take.name}.{EXTENSIONS[mode]}"
+    report = transcode(segment_files(recording.folder), mode, destination)
+    get_run_logger().info(
+        "%s: wrote %s (%.1f s; %s)",
+        recording.take.anchor,
+        destination.name,
+        report.seconds,
+        ", ".join(report.streams),
+    )
+    return report
