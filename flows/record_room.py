@@ -73,6 +73,7 @@ def _watch_room(
     room = open_room(session.backend, session.sdk_app_id, session.room)
     watcher = RoomWatcher(room, request.MaxIdleTime)
     pipelines: dict[str, AnchorPipeline] = {}
+    ended: set[str] = set()  # takes whose recording ended (told to the watcher once)
     while True:
         step = watcher.step()
         for anchor in step.start:
@@ -80,8 +81,9 @@ def _watch_room(
             workspace.add(take)
             pipelines[take.name] = _start(session, take)
             logger.info("anchor %s is publishing: recording started", anchor)
-        for pipeline in pipelines.values():
-            if pipeline.recorded.state.is_final():
+        for name, pipeline in pipelines.items():
+            if name not in ended and pipeline.recorded.state.is_final():
+                ended.add(name)
                 watcher.finished(pipeline.take.anchor)
         if step.stop_reason:
             workspace.close(step.stop_reason)

@@ -2,9 +2,10 @@
 
 It stands in for a TRTC room plus its relay: each anchor's stream is served at
 `/live/{stream}.flv` while the anchor publishes; removing the recorder or dismissing the
-room ends every stream, as the end of a TRTC relay does. The first pull of an anchor gets
-its media from its first frame (a relay started as the anchor joined); a later pull, after
-a drop, gets live media from that moment on.
+room ends every stream, as the end of a TRTC relay does. The first pull of an anchor's
+appearance gets its media from its first frame (a relay started as the anchor joined); a
+later pull, after a drop, gets live media from that moment on. An anchor who leaves and
+comes back is a new appearance, with a new stream.
 """
 
 from __future__ import annotations
@@ -43,9 +44,8 @@ class SimRoom:
         self.sdk_app_id = sdk_app_id
         self.room = room
         self.script = script
-        self._anchors = {a.user_id: a for a in script.anchors}
         self._started_at: float | None = None
-        self._pulled: set[str] = set()
+        self._pulled: set[SimAnchor] = set()
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
@@ -90,7 +90,8 @@ class SimRoom:
             return self._started_at
 
     def elapsed(self) -> float:
-        return time.monotonic() - self.begin()
+        start = self.begin()  # first: on the very first call it is "now"
+        return time.monotonic() - start
 
     def publishers(self) -> set[str]:
         if self.ended() or self.recorder_removed():
@@ -98,8 +99,17 @@ class SimRoom:
         now = self.elapsed()
         return {a.user_id for a in self.script.anchors if a.join <= now < a.leave}
 
+    def _publishing(self, user_id: str) -> SimAnchor | None:
+        """The scripted appearance of `user_id` that is on now, if any."""
+        if self.ended() or self.recorder_removed():
+            return None
+        now = self.elapsed()
+        return next(
+            (a for a in self.script.anchors if a.user_id == user_id and a.join <= now < a.leave), None
+        )
+
     def stream_url(self, anchor: str) -> str:
-        if anchor not in self._anchors:
+        if all(a.user_id != anchor for a in self.script.anchors):
             raise RoomNotFoundError(f"anchor {anchor!r} is not in simulated room {self.room!r}")
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}/live/{quote(anchor, safe='')}.flv"
@@ -119,13 +129,13 @@ class SimRoom:
 
     def _serve(self, handler: BaseHTTPRequestHandler) -> None:
         name = unquote(handler.path.removeprefix("/live/").removesuffix(".flv"))
-        anchor = self._anchors.get(name)
-        if anchor is None or name not in self.publishers():
+        anchor = self._publishing(name)
+        if anchor is None:
             handler.send_error(HTTPStatus.NOT_FOUND, "no such stream")
             return
         with self._lock:
-            first_pull = name not in self._pulled
-            self._pulled.add(name)
+            first_pull = anchor not in self._pulled
+            self._pulled.add(anchor)
         wall_start = self.begin() + anchor.join
         media_from = 0.0 if first_pull else max(0.0, time.monotonic() - wall_start)
         handler.send_response(HTTPStatus.OK)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -49,10 +50,12 @@ class SimScript(BaseModel):
     dismiss_at: Seconds | None = None
 
     @model_validator(mode="after")
-    def _unique_anchors(self) -> SimScript:
-        ids = [a.user_id for a in self.anchors]
-        if len(ids) != len(set(ids)):
-            raise ValueError("each anchor user_id may appear once; script a rejoin as a new room")
+    def _one_stream_per_anchor_at_a_time(self) -> SimScript:
+        # An anchor may appear again (they left and came back), never twice at once.
+        spans = sorted((a.user_id, a.join, a.leave) for a in self.anchors)
+        for (user, _, leave), (next_user, join, _) in itertools.pairwise(spans):
+            if user == next_user and join < leave:
+                raise ValueError(f"anchor {user} would publish twice at once: their times overlap")
         return self
 
 
