@@ -25,8 +25,8 @@ def post_result(
 ) -> int:
     """Deliver `document`; return the receiver's HTTP status.
 
-    Connection errors, timeouts, 5xx and 429 are retried after backoff, 2x longer each
-    time; any other 4xx means the receiver rejects the document and is not retried.
+    Connection errors, timeouts, 5xx, 408 and 429 are retried after backoff, 2x longer
+    each time; any other 4xx (or a redirect) means the receiver rejects the document and is not retried.
     """
     body = document.model_dump_json().encode()
     headers = {"Content-Type": "application/json", "User-Agent": "trtc-recorder"}
@@ -41,7 +41,7 @@ def post_result(
                 if response.is_success:
                     return response.status_code
                 last = f"HTTP {response.status_code}"
-                if response.status_code < 500 and response.status_code != 429:
+                if response.status_code < 500 and response.status_code not in (408, 429):
                     raise CallbackError(f"callback to {url} rejected: {last}")
             if attempt < attempts:
                 sleep(backoff * 2 ** (attempt - 1))

@@ -156,6 +156,21 @@ class RecordingRequest(BaseModel):
 
 
 SECRET_FIELDS = frozenset({"UserSig", "SecretKey"})
+ECHOED_FIELDS = frozenset(
+    {
+        "SdkAppId",
+        "RoomId",
+        "StrRoomId",
+        "UserId",
+        "Mode",
+        "MaxIdleTime",
+        "Callback",
+        "CosConfig.Region",
+        "CosConfig.Bucket",
+        "CosConfig.Path",
+        "CosConfig.SecretId",
+    }
+)
 
 
 class RequestError(ValueError):
@@ -187,9 +202,10 @@ def _describe(error: Any) -> str:
         message = 'must be "00" (MP3 audio), "01" (MP4 video) or "02" (MP4 audio+video)'
     elif loc == "Callback":
         message = "must be an http:// or https:// URL"
-    # Echo only scalar inputs: a dict or list may hold a secret (CosConfig.SecretKey).
+    # Echo the value only of a known plain field: a whole request, a CosConfig or raw
+    # JSON text may hold a secret.
     shown_input = error.get("input")
-    if not secret and isinstance(shown_input, (str, int, float, bool)):
+    if loc in ECHOED_FIELDS and not secret and isinstance(shown_input, (str, int, float, bool)):
         shown = repr(shown_input)
         if len(shown) <= 80:
             message += f" (got {shown})"

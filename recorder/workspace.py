@@ -35,7 +35,10 @@ class Take(BaseModel):
 
 def _write_atomically(path: Path, text: str) -> None:
     partial = path.with_name(path.name + ".part")
-    partial.write_text(text)
+    with open(partial, "w") as file:
+        file.write(text)
+        file.flush()
+        os.fsync(file.fileno())  # the journal must survive a power cut, not just a crash
     os.replace(partial, path)
 
 

@@ -14,5 +14,12 @@ def recording_key(path: str, room: str, anchor: str, started_at: datetime, exten
     """
     stamp = started_at.astimezone(UTC).strftime("%Y%m%dT%H%M%S%fZ")
     parts = [p for p in path.split("/") if p]
-    parts += [quote(room, safe=""), f"{quote(anchor, safe='')}_{stamp}.{extension}"]
+    parts += [_segment(room), f"{_segment(anchor)}_{stamp}.{extension}"]
     return "/".join(parts)
+
+
+def _segment(name: str) -> str:
+    """One path segment: '/' and unsafe characters encoded, and '.'/'..' (valid StrRoomIds)
+    encoded too, since quote() leaves dots alone and they would climb the tree."""
+    quoted = quote(name, safe="")
+    return quoted.replace(".", "%2E") if quoted in {".", ".."} else quoted

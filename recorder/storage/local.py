@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 from recorder.storage.base import StorageError
@@ -13,30 +14,39 @@ class LocalStorage:
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
 
-    def _free_path(self, key: str) -> Path:
-        """The key's path, or the first `name-N.ext` beside it that does not exist yet."""
+    def _target(self, key: str) -> Path:
         target = (self.root / key).resolve()
-        if not target.is_relative_to(self.root):
-            raise StorageError(f"key {key!r} leaves the storage folder")
-        candidate, n = target, 1
-        while candidate.exists():
-            candidate = target.with_name(f"{target.stem}-{n}{target.suffix}")
-            n += 1
-        return candidate
+        if target == self.root or not target.is_relative_to(self.root):
+            raise StorageError(f"key {key!r} does not name a file inside the storage folder")
+        return target
 
     def store(self, source: Path, key: str) -> str:
+        target = self._target(key)
+        partial: Path | None = None
         try:
-            target = self._free_path(key)
             target.parent.mkdir(parents=True, exist_ok=True)
-            partial = target.with_name(target.name + ".part")
+            # A private temporary name: concurrent stores never write into each other.
+            fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+            os.close(fd)
+            partial = Path(name)
             shutil.copyfile(source, partial)
-            # Claim the final name only if nobody took it meanwhile (link fails if it exists).
-            try:
-                os.link(partial, target)
-            except FileExistsError:
-                partial.unlink()
-                return self.store(source, key)
-            partial.unlink()
+            stored = _link_to_free_name(partial, target)
         except OSError as exc:
             raise StorageError(f"{exc.strerror or exc} ({exc.filename or self.root})") from exc
-        return target.as_uri()
+        finally:
+            if partial is not None:
+                partial.unlink(missing_ok=True)
+        return stored.as_uri()
+
+
+def _link_to_free_name(partial: Path, target: Path) -> Path:
+    """Give the finished file the key's name, or `name-N.ext` if that is taken: a
+    hard link fails rather than replace an existing file, so nothing is overwritten."""
+    candidate, n = target, 1
+    while True:
+        try:
+            os.link(partial, candidate)
+            return candidate
+        except FileExistsError:
+            candidate = target.with_name(f"{target.stem}-{n}{target.suffix}")
+            n += 1
