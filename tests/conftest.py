@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from recorder.media.capture import capture
+from recorder.rooms.sim import SimRoom
+from recorder.rooms.sim_script import SimAnchor, SimScript
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# Prefect's results and settings for this test session only, not the developer's ~/.prefect.
+# Set before anything imports Prefect, which reads its settings once.
+_PREFECT_HOME = tempfile.mkdtemp(prefix="recorder-tests-prefect-")
+os.environ["PREFECT_HOME"] = _PREFECT_HOME
+atexit.register(shutil.rmtree, _PREFECT_HOME, ignore_errors=True)
+
+if shutil.which("ffprobe") is None:
+    raise pytest.UsageError("ffprobe is needed to check recordings independently: apt-get install ffmpeg")
+
+
+RECORDED_SECONDS = 3.0
+
+
+@pytest.fixture(scope="session")
+def recorded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
+    """Segment folders of three anchors recorded once from a real sim room:
+    "av" (video+audio), "audio" (camera off) and "video" (muted), 3 s each."""
+    root = tmp_path_factory.mktemp("recorded")
+    script = SimScript(
+        anchors=[
+            SimAnchor(user_id="av", leave=RECORDED_SECONDS),
+            SimAnchor(user_id="audio", leave=RECORDED_SECONDS, video=False),
+            SimAnchor(user_id="video", leave=RECORDED_SECONDS, audio=False),
+        ]
+    )
+    folders = {a.user_id: root / a.user_id for a in script.anchors}
+    with SimRoom(1400000001, "fixture", script) as room:
+        room.begin()
+        threads = [
+            threading.Thread(
+                target=capture,
+                args=(room.stream_url(name), folder),
+                kwargs={"segment_seconds": 1.0, "read_timeout": 10.0},
+            )
+            for name, folder in folders.items()
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+    yield folders
+
+
+@pytest.fixture(scope="session")
+def prefect_api() -> Iterator[None]:
+    """One temporary Prefect API (SQLite) for every test that runs a real flow."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    # No heartbeat thread: it only costs a second at the end of every run here.
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}), prefect_test_harness():
+        yield

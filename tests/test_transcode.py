@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from recorder.media.capture import segment_files
+from recorder.media.transcode import TranscodeError, transcode
+from tests.conftest import RECORDED_SECONDS
+from tests.media_check import decode_to_end, ffprobe, moov_before_mdat
+
+
+def _make(recorded: dict[str, Path], anchor: str, mode: str, out: Path) -> Path:
+    destination = out / f"{anchor}_{mode}.{'mp3' if mode == '00' else 'mp4'}"
+    transcode(segment_files(recorded[anchor]), mode, destination)
+    return destination
+
+
+def test_mode_00_is_an_mp3_of_the_whole_recording(recorded: dict[str, Path], tmp_path: Path) -> None:
+    path = _make(recorded, "av", "00", tmp_path)
+    probe = ffprobe(path)
+    assert probe.format_name == "mp3"
+    assert set(probe.streams) == {"audio"}
+    assert probe.codec("audio") == "mp3"
+    assert probe.duration == pytest.approx(RECORDED_SECONDS, abs=0.5)
+    assert decode_to_end(path)["audio"] == pytest.approx(RECORDED_SECONDS, abs=0.5)
+
+
+def test_mode_01_copies_the_video_alone_into_a_faststart_mp4(
+    recorded: dict[str, Path], tmp_path: Path
+) -> None:
+    path = _make(recorded, "av", "01", tmp_path)
+    probe = ffprobe(path)
+    assert "mp4" in probe.format_name
+    assert set(probe.streams) == {"video"}
+    assert probe.codec("video") == "h264"
+    assert probe.duration == pytest.approx(RECORDED_SECONDS, abs=0.5)
+    assert moov_before_mdat(path)
+    assert decode_to_end(path)["video"] == pytest.approx(RECORDED_SECONDS, abs=0.5)
+
+
+def test_mode_02_keeps_audio_and_video_in_sync(recorded: dict[str, Path], tmp_path: Path) -> None:
+    path = _make(recorded, "av", "02", tmp_path)
+    probe = ffprobe(path)
+    assert (probe.codec("video"), probe.codec("audio")) == ("h264", "aac")
+    assert moov_before_mdat(path)
+    # Both start together and last as long as each other (within a frame or two).
+    assert abs(probe.start("video") - probe.start("audio")) < 0.1
+    assert probe.stream_seconds("video") == pytest.approx(probe.stream_seconds("audio"), abs=0.15)
+    assert probe.duration == pytest.approx(RECORDED_SECONDS, abs=0.5)
+    reached = decode_to_end(path)
+    assert reached["video"] == pytest.approx(reached["audio"], abs=0.15)
+
+
+def test_video_is_copied_not_encoded(recorded: dict[str, Path], tmp_path: Path) -> None:
+    report = transcode(segment_files(recorded["av"]), "02", tmp_path / "copy.mp4")
+    assert report.streams == ["video:h264 (copied)", "audio:aac (copied)"]
+
+
+@pytest.mark.parametrize(("anchor", "mode", "missing"), [("audio", "01", "video"), ("video", "00", "audio")])
+def test_a_mode_without_its_media_fails_clearly(
+    recorded: dict[str, Path], tmp_path: Path, anchor: str, mode: str, missing: str
+) -> None:
+    destination = tmp_path / f"out.{'mp3' if mode == '00' else 'mp4'}"
+    with pytest.raises(TranscodeError, match=f"needs {missing}"):
+        transcode(segment_files(recorded[anchor]), mode, destination)
+    assert list(tmp_path.iterdir()) == []  # nothing half-written left behind
+
+
+def test_mode_02_with_the_camera_off_keeps_the_voice(recorded: dict[str, Path], tmp_path: Path) -> None:
+    report = transcode(segment_files(recorded["audio"]), "02", tmp_path / "voice.mp4")
+    assert report.note == "the anchor published no video"
+    probe = ffprobe(tmp_path / "voice.mp4")
+    assert set(probe.streams) == {"audio"}
+    assert probe.duration == pytest.approx(RECORDED_SECONDS, abs=0.5)
+
+
+def test_damaged_media_fails_without_leaving_a_file(tmp_path: Path) -> None:
+    garbage = tmp_path / "seg_00000.ts"
+    garbage.write_bytes(b"\x47" + bytes(range(256)) * 40)
+    destination = tmp_path / "out.mp4"
+    with pytest.raises(TranscodeError):
+        transcode([garbage], "02", destination)
+    assert not destination.exists()
+    assert not destination.with_name("out.mp4.part").exists()
+
+
+def test_no_segments_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(TranscodeError, match="no media"):
+        transcode([], "00", tmp_path / "out.mp3")
