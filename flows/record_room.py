@@ -8,6 +8,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any, TypeVar
 
 from prefect import flow, get_run_logger
 from prefect.futures import PrefectFuture, wait
@@ -31,6 +32,8 @@ from tasks.session import RoomSession
 from tasks.transcode import transcode_recording
 from tasks.upload import upload
 
+T = TypeVar("T")
+
 
 @dataclass
 class AnchorPipeline:
@@ -40,27 +43,30 @@ class AnchorPipeline:
     stored: PrefectFuture[str]
 
     def entry(self) -> FileEntry:
-        return file_entry(
-            self.take.anchor,
-            _outcome(self.recorded),
-            _outcome(self.converted),
-            _outcome(self.stored),
-        )
+        recorded = _outcome(self.recorded)
+        converted = _outcome(self.converted)
+        stored = _outcome(self.stored)
+        return file_entry(self.take.anchor, recorded, converted, stored)
 
 
-def _outcome(future: PrefectFuture[object]) -> object:
+def _outcome(future: PrefectFuture[T]) -> T | StepFailure | None:
+    """The step's value, why it failed, or None if it never ran (an earlier step failed)."""
     state = future.state
     if state.is_completed():
         return state.result()
     if state.is_failed() or state.is_crashed():
         error = state.result(raise_on_failure=False)
-        return StepFailure(str(error) if isinstance(error, BaseException) else state.message or state.name)
-    return None  # never ran: an earlier step failed
+        return StepFailure(
+            str(error) if isinstance(error, BaseException) else state.message or state.type.value
+        )
+    return None
 
 
 def _start(session: RoomSession, take: Take) -> AnchorPipeline:
     recorded = record.submit(session, take)
-    converted = transcode_recording.submit(recorded, session.mode)
+    # Futures as arguments: Prefect waits for them and passes their values (its type hints
+    # do not say so).
+    converted = transcode_recording.submit(recorded, session.mode)  # type: ignore[call-overload]
     stored = upload.submit(session, take, converted)
     return AnchorPipeline(take, recorded, converted, stored)
 
@@ -92,7 +98,7 @@ def _watch_room(
         time.sleep(settings.poll_seconds)
 
 
-@flow(name="record-room", log_prints=True)
+@flow(name="record-room")
 def record_room(request: RecordingRequest) -> ResultDocument | State[ResultDocument]:
     """Record every anchor of the request's room into its own file and report the result."""
     logger = get_run_logger()
@@ -129,7 +135,7 @@ def record_room(request: RecordingRequest) -> ResultDocument | State[ResultDocum
     return document
 
 
-def run_request(request: RecordingRequest) -> tuple[ResultDocument, State[ResultDocument]]:
+def run_request(request: RecordingRequest) -> tuple[ResultDocument, State[Any]]:
     """Run the flow here and now; the document is there whether or not a step failed."""
     state = record_room(request, return_state=True)
     document = state.result(raise_on_failure=False)

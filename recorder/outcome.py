@@ -18,15 +18,14 @@ class StepFailure:
 
 def file_entry(
     anchor: str,
-    recorded: Recording | StepFailure,
+    recorded: Recording | StepFailure | None,
     converted: TranscodeReport | StepFailure | None,
     stored: str | StepFailure | None,
 ) -> FileEntry:
     """The first failed step decides the Message; later steps never ran for this anchor."""
-    if isinstance(recorded, StepFailure):
-        return FileEntry(
-            UserId=anchor, RecordFile="", Status=0, Message=f"recording failed: {recorded.reason}"
-        )
+    if not isinstance(recorded, Recording):
+        reason = recorded.reason if recorded else "not run"
+        return FileEntry(UserId=anchor, RecordFile="", Status=0, Message=f"recording failed: {reason}")
     kept = f" (media kept in {recorded.folder})"
     if not isinstance(converted, TranscodeReport):
         reason = converted.reason if converted else "not run"

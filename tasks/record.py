@@ -8,6 +8,8 @@ from recorder.settings import RecorderSettings
 from recorder.workspace import Take, Workspace
 from tasks.session import RoomSession
 
+PROGRESS_EVERY_SECONDS = 30.0
+
 
 @task(
     name="record",
@@ -21,8 +23,12 @@ def record(session: RoomSession, take: Take) -> Recording:
     logger = get_run_logger()
     folder = Workspace(session.run_dir).folder(take)
 
+    next_log = PROGRESS_EVERY_SECONDS
+
     def progress(report: CaptureReport) -> None:
-        if int(report.seconds) % 30 == 0:
+        nonlocal next_log
+        if report.seconds >= next_log:
+            next_log += PROGRESS_EVERY_SECONDS
             logger.info("%s: %.0f s, %.1f MB recorded", take.anchor, report.seconds, report.bytes / 1e6)
 
     recording = record_take(take, folder, RecorderSettings(), on_progress=progress)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -237,3 +238,15 @@ def test_an_anchor_who_comes_back_gets_a_new_file(dirs: Dirs) -> None:
     assert first != second
     for path in (first, second):
         assert ffprobe(path).duration == pytest.approx(2.0, abs=0.5)
+
+
+def test_removing_the_recorder_ends_the_recording_at_once(dirs: Dirs) -> None:
+    # MaxIdleTime is the original's 300 s: only the removal can end this run quickly.
+    script = SimScript(anchors=[SimAnchor(user_id="host", leave=60.0)], remove_recorder_at=2.5)
+    started = time.monotonic()
+    document, state = _run(_request(None, MaxIdleTime=300), script)
+    assert time.monotonic() - started < 30
+    assert state.is_completed(), state.message
+    (entry,) = document.Files
+    assert entry.Status == 1, entry.Message
+    assert ffprobe(_path(entry.RecordFile)).duration == pytest.approx(2.5, abs=0.5)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import av
 import pytest
 
 from recorder.media.capture import segment_files
@@ -88,3 +89,32 @@ def test_damaged_media_fails_without_leaving_a_file(tmp_path: Path) -> None:
 def test_no_segments_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(TranscodeError, match="no media"):
         transcode([], "00", tmp_path / "out.mp3")
+
+
+def _mpeg2_recording(folder: Path, seconds: float) -> list[Path]:
+    """A TS recording in codecs the MP4 path does not copy: MPEG-2 video and MP2 audio."""
+    folder.mkdir()
+    segment = folder / "seg_00000.ts"
+    graph = f"testsrc2=size=320x240:rate=25:duration={seconds}[out0];sine=duration={seconds}[out1]"
+    with av.open(graph, format="lavfi") as source, av.open(str(segment), "w", format="mpegts") as sink:
+        video = sink.add_stream("mpeg2video", rate=25)
+        video.width, video.height, video.pix_fmt = 320, 240, "yuv420p"
+        audio = sink.add_stream("mp2", rate=44100, layout="mono")
+        for frame in source.decode(*source.streams):
+            encoder = video if isinstance(frame, av.VideoFrame) else audio
+            sink.mux(encoder.encode(frame))
+        sink.mux(video.encode(None))
+        sink.mux(audio.encode(None))
+    return [segment]
+
+
+def test_codecs_mp4_does_not_copy_are_encoded_to_h264_and_aac(tmp_path: Path) -> None:
+    segments = _mpeg2_recording(tmp_path / "mpeg2", 2.0)
+    report = transcode(segments, "02", tmp_path / "encoded.mp4")
+    assert report.streams == ["video:mpeg2video (encoded to h264)", "audio:mp2 (encoded to aac)"]
+    probe = ffprobe(tmp_path / "encoded.mp4")
+    assert (probe.codec("video"), probe.codec("audio")) == ("h264", "aac")
+    assert probe.duration == pytest.approx(2.0, abs=0.3)
+    reached = decode_to_end(tmp_path / "encoded.mp4")
+    assert reached["video"] == pytest.approx(reached["audio"], abs=0.15)
+    assert report.seconds == pytest.approx(2.0, abs=0.3)

@@ -15,6 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import av
+from av.audio.frame import AudioFrame
+from av.audio.stream import AudioStream
+from av.container import InputContainer, OutputContainer
+from av.stream import Stream
+from av.video.frame import VideoFrame
+from av.video.stream import VideoStream
 
 from recorder.media.segment_reader import SegmentReader
 
@@ -60,10 +66,13 @@ def transcode(segments: Sequence[Path], mode: str, destination: Path) -> Transco
 
 
 def _convert(segments: Sequence[Path], mode: str, destination: Path, partial: Path) -> TranscodeReport:
-    with SegmentReader(segments) as reader, av.open(reader, format="mpegts") as source:
-        present = sorted({s.type for s in source.streams if s.type in ("audio", "video")})
+    with SegmentReader(segments) as reader, av.open(reader, "r", format="mpegts") as source:
+        media: list[AudioStream | VideoStream] = [
+            s for s in source.streams if isinstance(s, (AudioStream, VideoStream))
+        ]
+        present = sorted({s.type for s in media})
         wanted = _wanted_types(mode)
-        chosen = [next(s for s in source.streams if s.type == kind) for kind in wanted if kind in present]
+        chosen = [next(s for s in media if s.type == kind) for kind in wanted if kind in present]
         missing = [kind for kind in wanted if kind not in present]
         # Mode 02 keeps what there is (a student with the camera off still has a voice);
         # Modes 00 and 01 have nothing to give without their one kind of media.
@@ -73,105 +82,118 @@ def _convert(segments: Sequence[Path], mode: str, destination: Path, partial: Pa
                 f"but the anchor published {' and '.join(present) or 'nothing'}"
             )
         if mode == "00":
-            return _encode_mp3(source, chosen[0], destination, partial)
+            audio = chosen[0]
+            assert isinstance(audio, AudioStream)
+            return _encode_mp3(source, audio, destination, partial)
         report = _to_mp4(source, chosen, destination, partial)
         if missing:
             report.note = f"the anchor published no {' and no '.join(missing)}"
         return report
 
 
+def _encoder_for(sink: OutputContainer, stream: AudioStream | VideoStream) -> AudioStream | VideoStream:
+    """H.264 or AAC in place of a codec MP4 cannot carry, with the source's picture or sound."""
+    if isinstance(stream, VideoStream):
+        video = sink.add_stream("libx264", rate=stream.average_rate or 25)
+        video.width, video.height, video.pix_fmt = stream.width, stream.height, "yuv420p"
+        return video
+    return sink.add_stream("aac", rate=stream.sample_rate, layout=stream.layout.name)
+
+
 def _to_mp4(
-    source: av.container.InputContainer,
-    chosen: list[av.stream.Stream],
+    source: InputContainer,
+    chosen: list[AudioStream | VideoStream],
     destination: Path,
     partial: Path,
 ) -> TranscodeReport:
     described: list[str] = []
     with av.open(str(partial), "w", format="mp4", options={"movflags": "+faststart"}) as sink:
-        copies: dict[int, av.stream.Stream] = {}
-        encodes: dict[int, av.stream.Stream] = {}
+        copies: dict[int, Stream] = {}
+        encodes: dict[int, AudioStream | VideoStream] = {}
         for stream in chosen:
             name = stream.codec_context.name
             carried = MP4_VIDEO_CODECS if stream.type == "video" else MP4_AUDIO_CODECS
             if name in carried:
                 copies[stream.index] = sink.add_stream_from_template(stream)
                 described.append(f"{stream.type}:{name} (copied)")
-            elif stream.type == "video":
-                enc = sink.add_stream("libx264", rate=stream.average_rate or 25)
-                enc.width, enc.height = stream.codec_context.width, stream.codec_context.height
-                enc.pix_fmt = "yuv420p"
-                encodes[stream.index] = enc
-                described.append(f"video:{name} (encoded to h264)")
             else:
-                encodes[stream.index] = sink.add_stream("aac", rate=stream.codec_context.sample_rate)
-                described.append(f"audio:{name} (encoded to aac)")
+                encodes[stream.index] = _encoder_for(sink, stream)
+                target = "h264" if stream.type == "video" else "aac"
+                described.append(f"{stream.type}:{name} (encoded to {target})")
         # Start the file at zero on one shared offset, so audio and video stay in sync.
         offset = _first_timestamp(chosen)
         span = _Span()
         for packet in source.demux(*chosen):
             if packet.dts is None:
                 continue
+            shift = round(offset / packet.time_base)
             if packet.stream.index in copies:
-                shift = round(offset / packet.time_base)
                 packet.dts -= shift
                 if packet.pts is not None:
                     packet.pts -= shift
                 span.add(packet)
                 packet.stream = copies[packet.stream.index]
                 sink.mux(packet)
-            else:
-                enc = encodes[packet.stream.index]
-                for frame in packet.decode():
+                continue
+            encoder = encodes[packet.stream.index]
+            for frame in packet.decode():
+                if isinstance(frame, (AudioFrame, VideoFrame)):
                     if frame.pts is not None:
-                        frame.pts -= round(offset / frame.time_base)
-                    sink.mux(enc.encode(frame))
-        for enc in encodes.values():
-            sink.mux(enc.encode(None))
+                        frame.pts -= shift
+                    span.add_frame(frame)
+                    sink.mux(encoder.encode(frame))  # type: ignore[arg-type]  # kinds match
+        for encoder in encodes.values():
+            sink.mux(encoder.encode(None))
     return TranscodeReport(destination, described, span.seconds)
 
 
 def _encode_mp3(
-    source: av.container.InputContainer,
-    audio: av.stream.Stream,
+    source: InputContainer,
+    audio: AudioStream,
     destination: Path,
     partial: Path,
 ) -> TranscodeReport:
-    ctx = audio.codec_context
     with av.open(str(partial), "w", format="mp3") as sink:
-        enc = sink.add_stream("libmp3lame", rate=ctx.sample_rate, layout=ctx.layout.name)
-        enc.bit_rate = 64000 * ctx.channels
+        encoder = sink.add_stream("libmp3lame", rate=audio.sample_rate, layout=audio.layout.name)
+        encoder.bit_rate = 64000 * audio.channels
         samples = 0
         for frame in source.decode(audio):
             samples += frame.samples
             frame.pts = None  # the encoder counts samples; gaps are not ours to keep in MP3
-            sink.mux(enc.encode(frame))
-        sink.mux(enc.encode(None))
+            sink.mux(encoder.encode(frame))
+        sink.mux(encoder.encode(None))
     if samples == 0:
         raise TranscodeError("the recording's audio could not be decoded")
-    return TranscodeReport(destination, [f"audio:{ctx.name} (encoded to mp3)"], samples / ctx.sample_rate)
+    name = audio.codec_context.name
+    return TranscodeReport(destination, [f"audio:{name} (encoded to mp3)"], samples / audio.sample_rate)
 
 
-def _first_timestamp(streams: list[av.stream.Stream]) -> float:
-    starts = [float(s.start_time * s.time_base) for s in streams if s.start_time is not None]
+def _first_timestamp(streams: Sequence[Stream]) -> float:
+    starts = [float(s.start_time * s.time_base) for s in streams if s.start_time is not None and s.time_base]
     return min(starts) if starts else 0.0
 
 
 class _Span:
-    """The media time covered by the packets written, for the report."""
+    """The media time covered by what was written, for the report."""
 
     def __init__(self) -> None:
         self.start: float | None = None
         self.end = 0.0
 
+    def _cover(self, start: float, duration: float) -> None:
+        self.start = start if self.start is None else min(self.start, start)
+        self.end = max(self.end, start + duration)
+
     def add(self, packet: av.Packet) -> None:
-        t = (
-            float(packet.pts * packet.time_base)
-            if packet.pts is not None
-            else float(packet.dts * packet.time_base)
-        )
-        dur = float(packet.duration * packet.time_base) if packet.duration else 0.0
-        self.start = t if self.start is None else min(self.start, t)
-        self.end = max(self.end, t + dur)
+        at = packet.pts if packet.pts is not None else packet.dts
+        if at is not None and packet.time_base:
+            self._cover(float(at * packet.time_base), float((packet.duration or 0) * packet.time_base))
+
+    def add_frame(self, frame: AudioFrame | VideoFrame) -> None:
+        if frame.pts is None or not frame.time_base:
+            return
+        duration = frame.samples / frame.sample_rate if isinstance(frame, AudioFrame) else 0.0
+        self._cover(float(frame.pts * frame.time_base), duration)
 
     @property
     def seconds(self) -> float:

@@ -21,6 +21,8 @@ from recorder.rooms.base import RoomNotFoundError
 from recorder.rooms.flv_publisher import publish_flv
 from recorder.rooms.sim_script import SimAnchor, SimScript
 
+LOOPBACK = "127.0.0.1"
+
 
 class _ChunkedWriter:
     """HTTP/1.1 chunked transfer: the reader sees a clean end of stream, not a reset."""
@@ -48,7 +50,7 @@ class SimRoom:
         self._pulled: set[SimAnchor] = set()
         self._lock = threading.Lock()
         self._stopping = threading.Event()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._server = ThreadingHTTPServer((LOOPBACK, 0), self._handler_class())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
@@ -111,8 +113,7 @@ class SimRoom:
     def stream_url(self, anchor: str) -> str:
         if all(a.user_id != anchor for a in self.script.anchors):
             raise RoomNotFoundError(f"anchor {anchor!r} is not in simulated room {self.room!r}")
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}/live/{quote(anchor, safe='')}.flv"
+        return f"http://{LOOPBACK}:{self._server.server_port}/live/{quote(anchor, safe='')}.flv"
 
     def ended(self) -> bool:
         at = self.script.dismiss_at
