@@ -38,8 +38,9 @@ def test_prefect_yaml_deployments_point_at_flows() -> None:
 
 
 def test_every_task_module_defines_a_prefect_task() -> None:
-    import tasks
     from prefect import Task
+
+    import tasks
 
     steps = {"join", "record", "transcode", "upload", "callback", "cleanup"}
     found = set()
