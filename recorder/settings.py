@@ -30,8 +30,6 @@ class RecorderSettings(BaseSettings):
     callback_attempts: int = Field(default=4, ge=1)
     callback_timeout_seconds: float = Field(default=10.0, gt=0)
     callback_backoff_seconds: float = Field(default=1.0, ge=0)
-    task_retries: int = Field(default=2, ge=0)
-    task_retry_delay_seconds: float = Field(default=2.0, ge=0)
 
     @property
     def work_root(self) -> Path:

@@ -101,3 +101,13 @@ def test_a_killed_recorder_leaves_a_playable_recording(tmp_path: Path) -> None:
     assert reached - start >= published - 1.5
     with SegmentReader(segments) as reader, av.open(reader, format="mpegts") as joined:
         assert sum(1 for _ in joined.decode(video=0)) > 0
+
+
+def test_maximum_duration_ends_the_capture(tmp_path: Path) -> None:
+    script = SimScript(anchors=[SimAnchor(user_id="long", leave=30.0)])
+    with SimRoom(1, "max", script) as room:
+        report = capture(
+            room.stream_url("long"), tmp_path, segment_seconds=1, read_timeout=5, max_seconds=1.5
+        )
+    assert report.ended_because == "maximum duration reached"
+    assert report.seconds == pytest.approx(1.5, abs=0.2)
