@@ -155,7 +155,6 @@ class RecordingRequest(BaseModel):
         return self.model_dump(mode="json", exclude={"UserSig": True, "CosConfig": {"SecretKey"}})
 
 
-SECRET_FIELDS = frozenset({"UserSig", "SecretKey"})
 ECHOED_FIELDS = frozenset(
     {
         "SdkAppId",
@@ -190,7 +189,6 @@ def _describe(error: Any) -> str:
     if kind == "extra_forbidden":
         return f"{loc}: is not a field of the request (check the spelling; keys are PascalCase)"
     message = error["msg"].removeprefix("Value error, ")
-    secret = any(str(p) in SECRET_FIELDS for p in error["loc"])
     if kind in {"int_type", "int_parsing", "greater_than_equal", "less_than_equal", "int_from_float"}:
         bounds = {
             "SdkAppId": "an integer from 1 to 4294967295",
@@ -202,10 +200,10 @@ def _describe(error: Any) -> str:
         message = 'must be "00" (MP3 audio), "01" (MP4 video) or "02" (MP4 audio+video)'
     elif loc == "Callback":
         message = "must be an http:// or https:// URL"
-    # Echo the value only of a known plain field: a whole request, a CosConfig or raw
-    # JSON text may hold a secret.
+    # Echo the value only of a known plain field (never UserSig or SecretKey): a whole
+    # request, a CosConfig or raw JSON text may hold a secret.
     shown_input = error.get("input")
-    if loc in ECHOED_FIELDS and not secret and isinstance(shown_input, (str, int, float, bool)):
+    if loc in ECHOED_FIELDS and isinstance(shown_input, (str, int, float, bool)):
         shown = repr(shown_input)
         if len(shown) <= 80:
             message += f" (got {shown})"

@@ -95,20 +95,19 @@ class SimRoom:
         start = self.begin()  # first: on the very first call it is "now"
         return time.monotonic() - start
 
-    def publishers(self) -> set[str]:
-        if self.ended() or self.recorder_removed():
-            return set()
+    def _on_now(self) -> list[SimAnchor]:
+        """The scripted appearances publishing now; none once the relay is over."""
+        if self._relay_over():
+            return []
         now = self.elapsed()
-        return {a.user_id for a in self.script.anchors if a.join <= now < a.leave}
+        return [a for a in self.script.anchors if a.join <= now < a.leave]
+
+    def publishers(self) -> set[str]:
+        return {a.user_id for a in self._on_now()}
 
     def _publishing(self, user_id: str) -> SimAnchor | None:
-        """The scripted appearance of `user_id` that is on now, if any."""
-        if self.ended() or self.recorder_removed():
-            return None
-        now = self.elapsed()
-        return next(
-            (a for a in self.script.anchors if a.user_id == user_id and a.join <= now < a.leave), None
-        )
+        """The appearance of `user_id` that is on now, if any."""
+        return next((a for a in self._on_now() if a.user_id == user_id), None)
 
     def stream_url(self, anchor: str) -> str:
         if all(a.user_id != anchor for a in self.script.anchors):
