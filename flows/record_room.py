@@ -14,15 +14,17 @@ from prefect import flow, get_run_logger
 from prefect.futures import PrefectFuture, wait
 from prefect.runtime import flow_run
 from prefect.states import Failed, State
+from prefect.tasks import exponential_backoff
 
 from recorder.media.transcode import TranscodeReport
 from recorder.outcome import StepFailure, file_entry
 from recorder.recording import Recording
-from recorder.request import RecordingRequest
+from recorder.request import CosLocation, RecordingRequest
 from recorder.result import FileEntry, ResultDocument
 from recorder.room_watch import RoomWatcher
 from recorder.rooms import open_room
 from recorder.settings import RecorderSettings
+from recorder.storage import STORAGE_LABELS, StorageError
 from recorder.workspace import Take, Workspace
 from tasks.callback import send_callback
 from tasks.cleanup import cleanup
@@ -41,12 +43,13 @@ class AnchorPipeline:
     recorded: PrefectFuture[Recording]
     converted: PrefectFuture[TranscodeReport]
     stored: PrefectFuture[str]
+    storage_label: str
 
     def entry(self) -> FileEntry:
         recorded = _outcome(self.recorded)
         converted = _outcome(self.converted)
         stored = _outcome(self.stored)
-        return file_entry(self.take.anchor, recorded, converted, stored)
+        return file_entry(self.take.anchor, recorded, converted, stored, self.storage_label)
 
 
 def _outcome(future: PrefectFuture[T]) -> T | StepFailure | None:
@@ -62,13 +65,20 @@ def _outcome(future: PrefectFuture[T]) -> T | StepFailure | None:
     return None
 
 
-def _start(session: RoomSession, take: Take) -> AnchorPipeline:
+def _start(
+    session: RoomSession, take: Take, location: CosLocation, settings: RecorderSettings
+) -> AnchorPipeline:
     recorded = record.submit(session, take)
     # Futures as arguments: Prefect waits for them and passes their values (its type hints
     # do not say so).
     converted = transcode_recording.submit(recorded, session.mode)  # type: ignore[call-overload]
-    stored = upload.submit(session, take, converted)
-    return AnchorPipeline(take, recorded, converted, stored)
+    uploading = upload.with_options(
+        retries=settings.upload_attempts - 1,
+        retry_delay_seconds=exponential_backoff(settings.upload_backoff_seconds),
+        retry_jitter_factor=0.2,
+    )
+    stored = uploading.submit(session, take, converted, location)
+    return AnchorPipeline(take, recorded, converted, stored, session.storage_label)
 
 
 def _watch_room(
@@ -85,7 +95,7 @@ def _watch_room(
         for anchor in step.start:
             take = Take(anchor=anchor, started_at=datetime.now(UTC), stream_url=room.stream_url(anchor))
             workspace.add(take)
-            pipelines[take.name] = _start(session, take)
+            pipelines[take.name] = _start(session, take, request.CosConfig, settings)
             logger.info("anchor %s is publishing: recording started", anchor)
         for name, pipeline in pipelines.items():
             if name not in ended and pipeline.recorded.state.is_final():
@@ -104,7 +114,13 @@ def record_room(request: RecordingRequest) -> ResultDocument | State[ResultDocum
     logger = get_run_logger()
     settings = RecorderSettings()
     run_dir = (settings.work_root / (flow_run.get_id() or uuid.uuid4().hex)).resolve()
-    session = join(request, run_dir)
+    joined = join(request, run_dir, return_state=True)
+    if not joined.is_completed():
+        error = joined.result(raise_on_failure=False)
+        if isinstance(error, StorageError):
+            return _storage_refused(request, settings, error)
+        raise error if isinstance(error, BaseException) else RuntimeError(joined.message)
+    session = joined.result()
     workspace = Workspace(run_dir)
 
     if workspace.closed_reason() is None:
@@ -115,7 +131,7 @@ def record_room(request: RecordingRequest) -> ResultDocument | State[ResultDocum
         pipelines = {}
     for take in workspace.takes():
         if take.name not in pipelines:
-            pipelines[take.name] = _start(session, take)
+            pipelines[take.name] = _start(session, take, request.CosConfig, settings)
     ordered = sorted(pipelines.values(), key=lambda p: (p.take.started_at, p.take.anchor))
     wait([p.stored for p in ordered])
 
@@ -133,6 +149,27 @@ def record_room(request: RecordingRequest) -> ResultDocument | State[ResultDocum
     if problems:
         return Failed(message="; ".join(problems), data=document)
     return document
+
+
+def _storage_refused(
+    request: RecordingRequest, settings: RecorderSettings, error: StorageError
+) -> State[ResultDocument]:
+    """The storage check failed before anything was recorded: each anchor on air now gets
+    Status 0 with the reason, and the callback says so at once rather than after the room."""
+    message = f"write to {STORAGE_LABELS[settings.storage]} failed: {error}; nothing was recorded"
+    try:
+        anchors = sorted(open_room(settings.room_backend, request.SdkAppId, request.room).publishers())
+    except Exception:  # the room is beside the point here: report the storage failure anyway
+        anchors = []
+    files = [FileEntry(UserId=anchor, RecordFile="", Status=0, Message=message) for anchor in anchors]
+    document = ResultDocument.for_request(request, files)
+    problems = [message]
+    if request.Callback is not None:
+        callback = send_callback(str(request.Callback), document, return_state=True)
+        if not callback.is_completed():
+            problems.append(str(callback.result(raise_on_failure=False)))
+    get_run_logger().error("%s", message)
+    return Failed(message="; ".join(problems), data=document)
 
 
 def run_request(request: RecordingRequest) -> tuple[ResultDocument, State[Any]]:

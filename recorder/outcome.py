@@ -21,6 +21,7 @@ def file_entry(
     recorded: Recording | StepFailure | None,
     converted: TranscodeReport | StepFailure | None,
     stored: str | StepFailure | None,
+    storage_label: str = "storage",
 ) -> FileEntry:
     """The first failed step decides the Message; later steps never ran for this anchor."""
     if not isinstance(recorded, Recording):
@@ -35,7 +36,7 @@ def file_entry(
     if not isinstance(stored, str):
         reason = stored.reason if stored else "not run"
         return FileEntry(
-            UserId=anchor, RecordFile="", Status=0, Message=f"write to storage failed: {reason}{kept}"
+            UserId=anchor, RecordFile="", Status=0, Message=f"write to {storage_label} failed: {reason}{kept}"
         )
     message = f"ok: {converted.seconds:.1f} s, {', '.join(converted.streams)}; {recorded.ended_because}"
     if converted.note:

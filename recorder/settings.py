@@ -31,6 +31,29 @@ class RecorderSettings(BaseSettings):
     callback_timeout_seconds: float = Field(default=10.0, gt=0)
     callback_backoff_seconds: float = Field(default=1.0, ge=0)
 
+    # Where finished files go: "local" (storage_dir, the default: no account needed) or
+    # "cos" (the request's CosConfig: bucket, region and Path).
+    storage: Literal["local", "cos"] = "local"
+    # Keep the local copy of a file after it is stored (the work folder is removed otherwise).
+    keep_local_copy: bool = False
+    # Reaching COS: by default https://{Bucket}.cos.{Region}.myqcloud.com. A private or
+    # test endpoint is set with the SDK's own options: cos_ip/cos_port (the Host header
+    # still names the bucket) or cos_domain (a custom domain).
+    cos_scheme: Literal["http", "https"] = "https"
+    cos_ip: str | None = None
+    cos_port: int | None = Field(default=None, ge=1, le=65535)
+    cos_domain: str | None = None
+    # Per request: the SDK retries 5xx, timeouts and dropped connections this many times.
+    cos_timeout_seconds: float = Field(default=30.0, gt=0)
+    cos_request_retries: int = Field(default=3, ge=0, le=10)
+    # Files larger than one part go up in parts of this size, this many at a time.
+    cos_part_size_mb: int = Field(default=8, ge=1, le=5120)
+    cos_upload_threads: int = Field(default=4, ge=1, le=32)
+    # Whole-file attempts of the upload step (each resumes the parts already sent), with
+    # exponential backoff starting at upload_backoff_seconds.
+    upload_attempts: int = Field(default=4, ge=1, le=20)
+    upload_backoff_seconds: float = Field(default=2.0, ge=0)
+
     @property
     def work_root(self) -> Path:
         cfs = os.environ.get("CFS_PATH")

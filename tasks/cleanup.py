@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from prefect import get_run_logger, task
 
+from recorder.settings import RecorderSettings
 from recorder.workspace import Take, Workspace
 from tasks.session import RoomSession
 
@@ -13,6 +14,9 @@ def cleanup(session: RoomSession, stored: list[Take], delivered: bool) -> int:
     The run's journal stays until the result is `delivered`, so a retried run still knows
     the room is over and which takes it had."""
     workspace = Workspace(session.run_dir)
+    if RecorderSettings().keep_local_copy:
+        get_run_logger().info("kept the local copies in %s (keep_local_copy is set)", session.run_dir)
+        return len(workspace.takes())
     for take in stored:
         workspace.discard(take)
     kept = len(workspace.takes())

@@ -8,21 +8,27 @@ from prefect import get_run_logger, task
 from recorder.request import RecordingRequest
 from recorder.rooms import open_room
 from recorder.settings import RecorderSettings
-from tasks.session import RoomSession
+from recorder.storage import STORAGE_LABELS, open_storage
+from tasks.session import RoomSession, worth_retrying
 
 
-@task(name="join", persist_result=True, retries=2, retry_delay_seconds=2)
+@task(name="join", persist_result=True, retries=2, retry_delay_seconds=2, retry_condition_fn=worth_retrying)
 def join(request: RecordingRequest, run_dir: Path) -> RoomSession:
-    """Reach the room (fails fast if it cannot be reached) and lay out the run's folder."""
+    """Reach the room, prove the storage takes files, and lay out the run's folder.
+
+    Both checks fail in seconds: a bad bucket or key must not surface after an hour of
+    recording. A StorageError here means nothing was recorded."""
     settings = RecorderSettings()
     open_room(settings.room_backend, request.SdkAppId, request.room)
+    open_storage(settings, request.CosConfig).check_writable()
     run_dir.mkdir(parents=True, exist_ok=True)
     get_run_logger().info(
-        "joined room %s of SdkAppId %s as %s (Mode %s); work folder %s",
+        "joined room %s of SdkAppId %s as %s (Mode %s); files go to %s; work folder %s",
         request.room,
         request.SdkAppId,
         request.UserId,
         request.Mode,
+        STORAGE_LABELS[settings.storage],
         run_dir,
     )
     return RoomSession(
@@ -32,5 +38,6 @@ def join(request: RecordingRequest, run_dir: Path) -> RoomSession:
         run_dir=run_dir,
         mode=request.Mode,
         cos_path=request.CosConfig.Path,
+        storage_label=STORAGE_LABELS[settings.storage],
         joined_at=datetime.now(UTC),
     )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -11,9 +10,6 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 import pytest
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-from prefect.settings import PREFECT_API_DATABASE_CONNECTION_URL, PREFECT_LOCAL_STORAGE_PATH
 from prefect.states import State
 
 from flows.record_room import record_room, run_request
@@ -23,6 +19,7 @@ from recorder.rooms.sim import SimRoom
 from recorder.rooms.sim_script import SimAnchor, SimScript
 from tests.http_receiver import Receiver
 from tests.media_check import decode_to_end, ffprobe
+from tests.prefect_records import assert_secrets_absent, task_run_states
 
 USER_SIG = "sig-NEVER-STORE-4f1c"
 SECRET_KEY = "key-NEVER-STORE-9a7e"
@@ -161,14 +158,16 @@ def test_a_failed_transcode_fails_that_file_alone(dirs: Dirs) -> None:
 
 
 def test_retrying_the_run_reruns_only_what_failed(dirs: Dirs) -> None:
-    # Storage is broken at first (a file where its folder should be) and mended when the
-    # first result arrives: the retry must store the recordings without recording again.
-    dirs.storage.parent.mkdir(parents=True, exist_ok=True)
-    dirs.storage.write_text("in the way")
+    # Storage is broken at first (a file where the request's Path folder should be: the
+    # storage folder itself is writable, so the run starts) and mended when the first result
+    # arrives: the retry must store the recordings without recording again.
+    blocker = dirs.storage / "trtc"
+    blocker.parent.mkdir(parents=True, exist_ok=True)
+    blocker.write_text("in the way")
 
     def mend(_: object) -> None:
-        if dirs.storage.is_file():
-            dirs.storage.unlink()
+        if blocker.is_file():
+            blocker.unlink()
 
     with Receiver(on_post=mend) as receiver:
         request = parse_request(_request(receiver.url))
@@ -177,14 +176,14 @@ def test_retrying_the_run_reruns_only_what_failed(dirs: Dirs) -> None:
 
     first, second = (ResultDocument.model_validate(r.json()) for r in receiver.received)
     assert [f.Status for f in first.Files] == [0, 0]
-    assert all(f.Message.startswith("write to storage failed: ") for f in first.Files)
+    assert all(f.Message.startswith("write to local storage failed: ") for f in first.Files)
     assert state.is_completed(), state.message
     assert [f.Status for f in second.Files] == [1, 1]
     assert state.result() == second
     for entry in second.Files:
         assert ffprobe(_path(entry.RecordFile)).duration > 2.0
 
-    runs = _task_runs(state)
+    runs = task_run_states(state)
     # Each anchor was recorded and transcoded once; the retry took those results from the
     # first attempt and ran only the uploads again.
     for step in ("record", "transcode"):
@@ -192,36 +191,11 @@ def test_retrying_the_run_reruns_only_what_failed(dirs: Dirs) -> None:
         assert sorted(runs[f"{step}-student_1"]) == ["Cached", "Completed"], runs
 
 
-def _task_runs(state: State[Any]) -> dict[str, list[str]]:
-    with get_client(sync_client=True) as client:
-        task_runs = client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
-        )
-    names: dict[str, list[str]] = {}
-    for run in task_runs:
-        names.setdefault(run.name, []).append(run.state_name or "")
-    return names
-
-
 def test_secrets_never_reach_prefect(dirs: Dirs) -> None:
     document, state = _run(_request(None))
     assert state.is_completed(), state.message
-    flow_run_id = state.state_details.flow_run_id
-    with get_client(sync_client=True) as client:
-        run = client.read_flow_run(flow_run_id)
-        logs = client.read_logs()
-    stored = json.dumps(run.parameters, default=str) + json.dumps([log.message for log in logs], default=str)
-    assert "teacher" in json.dumps([log.message for log in logs])  # the logs are there...
-    assert USER_SIG not in stored and SECRET_KEY not in stored  # ...the secrets are not
+    assert_secrets_absent(state.state_details.flow_run_id, [USER_SIG, SECRET_KEY], expect_in_logs="teacher")
     assert USER_SIG not in document.model_dump_json()
-    # Nor anything Prefect wrote to disk: its database and the persisted task results.
-    database = PREFECT_API_DATABASE_CONNECTION_URL.value().split("///")[-1]
-    results = [p for p in Path(PREFECT_LOCAL_STORAGE_PATH.value()).rglob("*") if p.is_file()]
-    assert Path(database).is_file() and results  # the check below looks at real files
-    for path in [Path(database), *results]:
-        if path.is_file():
-            content = path.read_bytes()
-            assert USER_SIG.encode() not in content and SECRET_KEY.encode() not in content, path
 
 
 def test_an_anchor_who_comes_back_gets_a_new_file(dirs: Dirs) -> None:

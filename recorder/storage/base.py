@@ -7,10 +7,21 @@ from typing import Protocol
 
 
 class StorageError(RuntimeError):
-    """The file could not be stored; the local copy is untouched."""
+    """The file could not be stored; the local copy is untouched.
+
+    `permanent` errors (refused credentials, a bucket that does not exist) will fail the
+    same way on a second try, so they are not retried."""
+
+    def __init__(self, reason: str, *, permanent: bool = False) -> None:
+        super().__init__(reason)
+        self.permanent = permanent
 
 
 class Storage(Protocol):
+    def check_writable(self) -> None:
+        """Fail now, with a StorageError, if a finished file could not be stored later."""
+        ...
+
     def store(self, source: Path, key: str) -> str:
         """Store `source` under `key` (never replacing an earlier object); return its URL."""
         ...

@@ -14,6 +14,14 @@ class LocalStorage:
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
 
+    def check_writable(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=self.root):
+                pass
+        except OSError as exc:
+            raise StorageError(f"{exc.strerror or exc} ({exc.filename or self.root})") from exc
+
     def _target(self, key: str) -> Path:
         target = (self.root / key).resolve()
         if target == self.root or not target.is_relative_to(self.root):
