@@ -169,6 +169,10 @@ class CosEndpoint:
         self.region = region
         # Seconds added to this endpoint's clock when checking q-sign-time (simulates clock skew).
         self.clock_offset = 0.0
+        # Bytes per second each connection may send a body at (None: as fast as loopback
+        # goes). A link to COS over the internet is limited per connection by its round
+        # trip, which is what parallel parts are for; benchmarks set this to show it.
+        self.link_bytes_per_second: float | None = None
         self.seen: list[Seen] = []
         # The port is fixed now, so sdk_options() works before start() and survives a restart.
         self.port = port or _free_port(self.host)
@@ -762,10 +766,27 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(headers.get("content-length", "0"))
         if length < 0:
             raise ValueError("negative Content-Length")
-        body = self.rfile.read(length) if length else b""
+        body = self._read_paced(length) if length else b""
         if len(body) != length:
             raise ConnectionError("the client hung up mid-body")
         return body
+
+    def _read_paced(self, length: int) -> bytes:
+        rate = self._server.endpoint.link_bytes_per_second
+        if not rate:
+            return bytes(self.rfile.read(length))
+        chunks: list[bytes] = []
+        received, started = 0, time.monotonic()
+        while received < length:
+            chunk = self.rfile.read(min(256 * 1024, length - received))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            received += len(chunk)
+            ahead = received / rate - (time.monotonic() - started)
+            if ahead > 0:
+                time.sleep(ahead)
+        return b"".join(chunks)
 
     def _send(self, response: _Response, method: str, request_id: str) -> None:
         body = response.body
@@ -912,3 +933,37 @@ def _error_response(status: int, code: str, message: str, resource: str, request
         [("Code", code), ("Message", message), ("Resource", resource), ("RequestId", request_id)],
         status,
     )
+
+
+def main() -> None:
+    """Serve one bucket until interrupted: for benchmarks and trying the COS path by hand.
+
+    python -m tests.cos_endpoint --port 9000 --secret-id AKIDdemo --secret-key demo-key
+    """
+    import argparse
+    import signal
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--secret-id", required=True)
+    parser.add_argument("--secret-key", required=True)
+    parser.add_argument("--bucket", default="test-1250000000")
+    parser.add_argument("--region", default="ap-guangzhou")
+    parser.add_argument(
+        "--link-mbps", type=float, help="MB/s each connection may upload at (default: no limit)"
+    )
+    args = parser.parse_args()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    keys = {"secret_id": args.secret_id, "secret_key": args.secret_key}
+    endpoint = CosEndpoint(**keys, bucket=args.bucket, region=args.region, port=args.port)
+    endpoint.link_bytes_per_second = args.link_mbps * 1e6 if args.link_mbps else None
+    with endpoint:
+        where = f"http://{endpoint.host}:{endpoint.port}"
+        print(f"COS endpoint for bucket {args.bucket} ({args.region}) on {where}", flush=True)
+        stop.wait()
+
+
+if __name__ == "__main__":
+    main()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import posixpath
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -76,18 +77,22 @@ class CosStorage:
             self.client.delete_object(Bucket=self.bucket, Key=key)
 
     def store(self, source: Path, key: str) -> str:
-        size, crc = source.stat().st_size, file_crc64(source)
-        try:
-            for candidate in _alternative_keys(key):
-                found = self._stored_size_and_crc(candidate)
-                if found is None:
-                    self._upload(source, candidate, size, crc)
-                    return self.url(candidate)
-                if found == (size, crc):
-                    # An earlier attempt stored it and then lost the answer: done already.
-                    return self.url(candidate)
-        except CosException as exc:
-            raise self._error(exc) from None
+        size = source.stat().st_size
+        # The file's CRC64 is worked out while the parts go up: the upload mostly waits on
+        # the network, so the check costs little time on top.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="crc64") as background:
+            crc = background.submit(file_crc64, source)
+            try:
+                for candidate in _alternative_keys(key):
+                    found = self._stored_size_and_crc(candidate)
+                    if found is None:
+                        self._upload(source, candidate, crc)
+                        return self.url(candidate)
+                    if found == (size, crc.result()):
+                        # An earlier attempt stored it and then lost the answer: done already.
+                        return self.url(candidate)
+            except CosException as exc:
+                raise self._error(exc) from None
         raise StorageError(
             f"{key} and its -1 to -{MAX_ALTERNATIVE_KEYS} variants all hold other files", permanent=True
         )
@@ -105,8 +110,8 @@ class CosStorage:
         crc = _header(headers, CRC64_HEADER)
         return int(_header(headers, "Content-Length") or -1), int(crc) if crc else -1
 
-    def _upload(self, source: Path, key: str, size: int, crc: int) -> None:
-        if size <= self.part_size:
+    def _upload(self, source: Path, key: str, expected_crc: Future[int]) -> None:
+        if source.stat().st_size <= self.part_size:
             with source.open("rb") as body:
                 answer = self.client.put_object(Bucket=self.bucket, Body=body, Key=key)
         else:
@@ -116,6 +121,7 @@ class CosStorage:
         if reported is None:
             found = self._stored_size_and_crc(key)
             reported = str(found[1]) if found else None
+        crc = expected_crc.result()
         if reported is None or int(reported) != crc:
             # Ours and wrong: remove it so the retry can use the same key.
             with contextlib.suppress(CosException):
