@@ -55,7 +55,7 @@ def _print_summary(document: ResultDocument, seconds: float) -> None:
     print(json.dumps(document.model_dump(mode="json"), indent=2, ensure_ascii=False))
 
 
-def _run(request: RecordingRequest, script: SimScript) -> int:
+def _run(request: RecordingRequest, script: SimScript, result_file: Path | None) -> int:
     # Imported here: Prefect takes a few seconds to import, and --help should not wait.
     from flows.record_room import run_request
 
@@ -63,6 +63,8 @@ def _run(request: RecordingRequest, script: SimScript) -> int:
     with SimRoom(request.SdkAppId, request.room, script):
         document, _ = run_request(request)
     _print_summary(document, time.monotonic() - started)
+    if result_file is not None:
+        result_file.write_text(document.model_dump_json(indent=2))
     return 0 if not document.failed else 1
 
 
@@ -82,7 +84,7 @@ def _demo(args: argparse.Namespace) -> int:
         f"Simulated room {request.room}: {', '.join(a.user_id for a in script.anchors)} publish "
         f"test patterns and tones; recording each as {MODE_NAMES[request.Mode]}."
     )
-    return _run(request, script)
+    return _run(request, script, args.result_file)
 
 
 def _record(args: argparse.Namespace) -> int:
@@ -100,7 +102,7 @@ def _record(args: argparse.Namespace) -> int:
         except ValidationError as exc:
             print(f"recorder: {args.sim_script} is not a valid room script:\n{exc}", file=sys.stderr)
             return 2
-    return _run(request, script)
+    return _run(request, script, args.result_file)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,10 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo = commands.add_parser("demo", help="record a simulated room with two anchors (about 15 s)")
     demo.add_argument("--mode", choices=sorted(MODE_NAMES), default="02", help="as the request's Mode")
+    demo.add_argument("--result-file", type=Path, help="also write the result document (JSON) here")
     demo.set_defaults(run=_demo)
     record = commands.add_parser("record", help="run one request (JSON file) through the flow, here")
     record.add_argument("request", type=Path, help="the request, as the original takes it")
     record.add_argument("--sim-script", type=Path, help="JSON script of the simulated room")
+    record.add_argument("--result-file", type=Path, help="also write the result document (JSON) here")
     record.set_defaults(run=_record)
     return parser
 
