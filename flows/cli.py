@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from pydantic import ValidationError
 
+from flows.service_commands import add_commands
 from recorder.request import MODE_NAMES, RecordingRequest, RequestError, parse_request
 from recorder.result import ResultDocument
 from recorder.rooms.sim import SimRoom
@@ -22,14 +25,20 @@ examples:
   recorder demo --mode 00            the same as MP3 audio files
   recorder record request.json       one request (the original's JSON) through the flow
   recorder record request.json --sim-script room.json
+  recorder sim-room --port 8765      serve the demo room for a worker's runs (RECORDER_SIM_ROOM_URL)
+  recorder serve --port 8080         the HTTP gateway in front of the record-room deployment
+  recorder service-key               a new RECORDER_SERVICE_KEY for the gateway and workers
 """
+
+DEMO_SDK_APP_ID = 1400000000
+DEMO_ROOM_ID = 1234
 
 
 def _demo_request(mode: str) -> RecordingRequest:
     return parse_request(
         {
-            "SdkAppId": 1400000000,
-            "RoomId": 1234,
+            "SdkAppId": DEMO_SDK_APP_ID,
+            "RoomId": DEMO_ROOM_ID,
             "UserId": "recorder_demo",
             "UserSig": "demo-signature",
             "CosConfig": {"Region": "ap-guangzhou", "Bucket": "demo-1250000000", "Path": "/demo"},
@@ -87,6 +96,17 @@ def _demo(args: argparse.Namespace) -> int:
     return _run(request, script, args.result_file)
 
 
+def _load_script(path: Path | None) -> SimScript | None:
+    """The room script at `path` (the demo's without one); None, said on stderr, if invalid."""
+    if path is None:
+        return demo_script()
+    try:
+        return SimScript.model_validate(_load_json(path))
+    except ValidationError as exc:
+        print(f"recorder: {path} is not a valid room script:\n{exc}", file=sys.stderr)
+        return None
+
+
 def _record(args: argparse.Namespace) -> int:
     try:
         request = parse_request(_load_json(args.request))
@@ -95,14 +115,41 @@ def _record(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
         return 2
-    script = demo_script()
-    if args.sim_script is not None:
-        try:
-            script = SimScript.model_validate(_load_json(args.sim_script))
-        except ValidationError as exc:
-            print(f"recorder: {args.sim_script} is not a valid room script:\n{exc}", file=sys.stderr)
-            return 2
+    script = _load_script(args.sim_script)
+    if script is None:
+        return 2
     return _run(request, script, args.result_file)
+
+
+def _sim_room(args: argparse.Namespace) -> int:
+    script = _load_script(args.script)
+    if script is None:
+        return 2
+    stop = threading.Event()
+
+    def _stop(signum: int, frame: object) -> None:
+        stop.set()
+
+    # SIGTERM (a supervisor, `kill`) and SIGINT (Ctrl-C) both end it the same clean way.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _stop)
+    try:
+        room = SimRoom(args.sdk_app_id, args.room, script, port=args.port)
+    except OSError as exc:
+        print(f"recorder: cannot serve on 127.0.0.1:{args.port}: {exc.strerror}", file=sys.stderr)
+        return 1
+    with room:
+        # One line, flushed: whoever started us (a test, a script) reads the URL from it.
+        print(
+            f"sim room {room.sdk_app_id}/{room.room} on {room.control_url} "
+            f"(set RECORDER_SIM_ROOM_URL={room.control_url})",
+            flush=True,
+        )
+        # The script's clock starts at the recorder's first look, not here. Wait in slices:
+        # the signal handler runs between them at the latest.
+        while not stop.wait(timeout=1.0):
+            pass
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -122,6 +169,19 @@ def build_parser() -> argparse.ArgumentParser:
     record.add_argument("--sim-script", type=Path, help="JSON script of the simulated room")
     record.add_argument("--result-file", type=Path, help="also write the result document (JSON) here")
     record.set_defaults(run=_record)
+    sim_room = commands.add_parser(
+        "sim-room",
+        help="serve a simulated room on loopback for recorders in other processes (a Prefect worker)",
+        description="Serve a simulated room on 127.0.0.1 until SIGTERM or Ctrl-C. A worker with "
+        "RECORDER_SIM_ROOM_URL set to the printed URL records it; its script starts at the "
+        "recorder's first look.",
+    )
+    sim_room.add_argument("--script", type=Path, help="JSON script of the room (default: the demo's)")
+    sim_room.add_argument("--sdk-app-id", type=int, default=DEMO_SDK_APP_ID, help="default: the demo's")
+    sim_room.add_argument("--room", default=str(DEMO_ROOM_ID), help="RoomId or StrRoomId (default: 1234)")
+    sim_room.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default 0: any free one)")
+    sim_room.set_defaults(run=_sim_room)
+    add_commands(commands)
     return parser
 
 

@@ -9,13 +9,16 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
+from uuid import UUID
 
-from prefect import flow, get_run_logger
+from prefect import flow, get_client, get_run_logger
 from prefect.futures import PrefectFuture, wait
 from prefect.runtime import flow_run
 from prefect.states import Failed, State
 from prefect.tasks import exponential_backoff
 
+from flows.cancellation import deliver_after_cancellation
+from flows.runs import publish_result, stop_requested
 from recorder.media.transcode import TranscodeReport
 from recorder.outcome import StepFailure, file_entry
 from recorder.recording import Recording
@@ -23,6 +26,7 @@ from recorder.request import CosLocation, RecordingRequest
 from recorder.result import FileEntry, ResultDocument
 from recorder.room_watch import RoomWatcher
 from recorder.rooms import open_room
+from recorder.sealing import unseal_secrets
 from recorder.settings import RecorderSettings
 from recorder.storage import STORAGE_LABELS, StorageError
 from recorder.workspace import Take, Workspace
@@ -35,6 +39,7 @@ from tasks.transcode import transcode_recording
 from tasks.upload import upload
 
 T = TypeVar("T")
+STOPPED_ON_REQUEST = "stopped on request"
 
 
 @dataclass
@@ -82,16 +87,31 @@ def _start(
 
 
 def _watch_room(
-    request: RecordingRequest, session: RoomSession, workspace: Workspace, settings: RecorderSettings
+    request: RecordingRequest,
+    session: RoomSession,
+    workspace: Workspace,
+    settings: RecorderSettings,
+    max_seconds: int | None,
 ) -> dict[str, AnchorPipeline]:
     """Start a pipeline for every anchor who publishes, until the room is over for us."""
     logger = get_run_logger()
-    room = open_room(session.backend, session.sdk_app_id, session.room)
+    room = open_room(session.backend, session.sdk_app_id, session.room, settings.sim_room_url)
     watcher = RoomWatcher(room, request.MaxIdleTime)
     pipelines: dict[str, AnchorPipeline] = {}
     ended: set[str] = set()  # takes whose recording ended (told to the watcher once)
+    stop = _StopRequests()
+    deadline = time.monotonic() + max_seconds if max_seconds else None
     while True:
         step = watcher.step()
+        if step.stop_reason is None:
+            if stop.requested():
+                step.stop_reason = STOPPED_ON_REQUEST
+            elif deadline is not None and time.monotonic() >= deadline:
+                step.stop_reason = f"the scheduled {max_seconds} s ended"
+            if step.stop_reason is not None:
+                # The recordings end now too: each record task looks for the workspace's stop.
+                workspace.request_stop(step.stop_reason)
+                step.start = []
         for anchor in step.start:
             take = Take(anchor=anchor, started_at=datetime.now(UTC), stream_url=room.stream_url(anchor))
             workspace.add(take)
@@ -108,11 +128,41 @@ def _watch_room(
         time.sleep(settings.poll_seconds)
 
 
-@flow(name="record-room")
-def record_room(request: RecordingRequest) -> ResultDocument | State[ResultDocument]:
-    """Record every anchor of the request's room into its own file and report the result."""
+class _StopRequests:
+    """Has someone asked this run to stop (the gateway's POST /recordings/{id}/stop tags
+    the flow run)? Asks the Prefect API at most once a second."""
+
+    def __init__(self) -> None:
+        run_id = flow_run.get_id()
+        self._run_id = UUID(run_id) if run_id else None
+        self._next_look = 0.0
+
+    def requested(self) -> bool:
+        if self._run_id is None or time.monotonic() < self._next_look:
+            return False
+        self._next_look = time.monotonic() + 1.0
+        try:
+            with get_client(sync_client=True) as client:
+                return stop_requested(client, self._run_id)
+        # A blip of the API must not end an hours-long recording: ask again next second.
+        except Exception as exc:
+            get_run_logger().warning("could not check for a stop request: %s", exc)
+            return False
+
+
+@flow(name="record-room", on_cancellation=[deliver_after_cancellation])
+def record_room(
+    request: RecordingRequest, sealed_secrets: str | None = None, max_seconds: int | None = None
+) -> ResultDocument | State[ResultDocument]:
+    """Record every anchor of the request's room into its own file and report the result.
+
+    Runs started by the gateway carry the request's secrets in `sealed_secrets` (the
+    `request` parameter holds "**********" in their place); they are opened here.
+    `max_seconds` ends the recording that long after it started (a scheduled class)."""
     logger = get_run_logger()
     settings = RecorderSettings()
+    if sealed_secrets is not None:
+        request = unseal_secrets(request, sealed_secrets, settings.service_key)
     run_dir = (settings.work_root / (flow_run.get_id() or uuid.uuid4().hex)).resolve()
     joined = join(request, run_dir, return_state=True)
     if not joined.is_completed():
@@ -124,7 +174,7 @@ def record_room(request: RecordingRequest) -> ResultDocument | State[ResultDocum
     workspace = Workspace(run_dir)
 
     if workspace.closed_reason() is None:
-        pipelines = _watch_room(request, session, workspace, settings)
+        pipelines = _watch_room(request, session, workspace, settings, max_seconds)
     else:
         # A retried run: the room ended before; deliver the takes the journal lists.
         logger.info("room closed earlier (%s): finishing its recordings", workspace.closed_reason())
@@ -137,12 +187,9 @@ def record_room(request: RecordingRequest) -> ResultDocument | State[ResultDocum
 
     document = ResultDocument.for_request(request, [p.entry() for p in ordered])
     problems = [f"{f.UserId}: {f.Message}" for f in document.failed]
-    delivered = True
-    if request.Callback is not None:
-        callback = send_callback(str(request.Callback), document, return_state=True)
-        if not callback.is_completed():
-            delivered = False
-            problems.append(str(callback.result(raise_on_failure=False)))
+    undelivered = _report(request, document)
+    problems += undelivered
+    delivered = not undelivered
     stored = [p.take for p in ordered if p.stored.state.is_completed()]
     cleanup(session, stored, delivered)
 
@@ -158,18 +205,29 @@ def _storage_refused(
     Status 0 with the reason, and the callback says so at once rather than after the room."""
     message = f"write to {STORAGE_LABELS[settings.storage]} failed: {error}; nothing was recorded"
     try:
-        anchors = sorted(open_room(settings.room_backend, request.SdkAppId, request.room).publishers())
+        room = open_room(settings.room_backend, request.SdkAppId, request.room, settings.sim_room_url)
+        anchors = sorted(room.publishers())
     except Exception:  # the room is beside the point here: report the storage failure anyway
         anchors = []
     files = [FileEntry(UserId=anchor, RecordFile="", Status=0, Message=message) for anchor in anchors]
     document = ResultDocument.for_request(request, files)
-    problems = [message]
-    if request.Callback is not None:
-        callback = send_callback(str(request.Callback), document, return_state=True)
-        if not callback.is_completed():
-            problems.append(str(callback.result(raise_on_failure=False)))
+    problems = [message, *_report(request, document)]
     get_run_logger().error("%s", message)
     return Failed(message="; ".join(problems), data=document)
+
+
+def _report(request: RecordingRequest, document: ResultDocument) -> list[str]:
+    """Publish the result document on the run and POST it to Callback; what went wrong."""
+    run_id = flow_run.get_id()
+    if run_id:
+        with get_client(sync_client=True) as client:
+            publish_result(client, UUID(run_id), document)
+    if request.Callback is None:
+        return []
+    callback = send_callback(str(request.Callback), document, return_state=True)
+    if callback.is_completed():
+        return []
+    return [str(callback.result(raise_on_failure=False))]
 
 
 def run_request(request: RecordingRequest) -> tuple[ResultDocument, State[Any]]:

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -21,6 +21,9 @@ class RecorderSettings(BaseSettings):
     # Where the local storage backend keeps finished files.
     storage_dir: Path = Path("recordings")
     room_backend: Literal["sim"] = "sim"
+    # A simulated room served by another process (`recorder sim-room`), e.g. for a worker:
+    # its control URL, http://127.0.0.1:PORT. Unset: rooms of this process only.
+    sim_room_url: str | None = None
     # Recording pieces: one MPEG-TS segment about every this many seconds.
     segment_seconds: float = Field(default=6.0, gt=0)
     # A stream that delivers nothing for this long has ended (a relay's end looks like this).
@@ -53,6 +56,15 @@ class RecorderSettings(BaseSettings):
     # exponential backoff starting at upload_backoff_seconds.
     upload_attempts: int = Field(default=4, ge=1, le=20)
     upload_backoff_seconds: float = Field(default=2.0, ge=0)
+
+    # The service (gateway and workers). The service key seals each request's secrets
+    # (UserSig, SecretKey) into the flow run's parameters; gateway and workers share it.
+    # Make one with `recorder service-key`.
+    service_key: SecretStr | None = None
+    # API keys the gateway accepts (comma-separated); required when it listens beyond loopback.
+    api_keys: SecretStr | None = None
+    # The deployment the gateway starts runs of: "flow name/deployment name".
+    deployment: str = "record-room/record-room"
 
     @property
     def work_root(self) -> Path:

@@ -2,7 +2,8 @@
 
 `{work}/{run}/{anchor}_{start}/` holds one anchor's recording (a "take": the anchor from
 when they started publishing until their stream ended), with `take.json` saying whose it
-is. `closed.json` says the room is over for this run and why. A retried run reads this
+is. `closed.json` says the room is over for this run and why; `stop.json` asks the
+recordings still running to end now (a stop request, a cancellation). A retried run reads this
 journal instead of watching a room that has long ended, so it delivers the same takes.
 """
 
@@ -18,6 +19,7 @@ from pydantic import BaseModel, ConfigDict
 
 TAKE_FILE = "take.json"
 CLOSED_FILE = "closed.json"
+STOP_FILE = "stop.json"
 
 
 class Take(BaseModel):
@@ -65,6 +67,15 @@ class Workspace:
 
     def closed_reason(self) -> str | None:
         path = self.root / CLOSED_FILE
+        return json.loads(path.read_text())["reason"] if path.exists() else None
+
+    def request_stop(self, reason: str) -> None:
+        """Ask every recording of this run to end now (they look for this file)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        _write_atomically(self.root / STOP_FILE, json.dumps({"reason": reason}))
+
+    def stop_reason(self) -> str | None:
+        path = self.root / STOP_FILE
         return json.loads(path.read_text())["reason"] if path.exists() else None
 
     def discard(self, take: Take) -> None:

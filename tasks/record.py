@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import time
+
 from prefect import get_run_logger, task
 
 from recorder.media.capture import CaptureReport
@@ -9,6 +11,23 @@ from recorder.workspace import Take, Workspace
 from tasks.session import RoomSession
 
 PROGRESS_EVERY_SECONDS = 30.0
+
+
+class _StopCheck:
+    """Has the run been asked to stop? Asked for every packet, so it looks at the disk
+    at most every half second."""
+
+    def __init__(self, workspace: Workspace) -> None:
+        self._workspace = workspace
+        self._next_look = 0.0
+        self._stopped = False
+
+    def __call__(self) -> bool:
+        now = time.monotonic()
+        if not self._stopped and now >= self._next_look:
+            self._next_look = now + 0.5
+            self._stopped = self._workspace.stop_reason() is not None
+        return self._stopped
 
 
 @task(
@@ -21,7 +40,9 @@ PROGRESS_EVERY_SECONDS = 30.0
 def record(session: RoomSession, take: Take) -> Recording:
     """Pull one anchor's stream into crash-safe segments until it ends."""
     logger = get_run_logger()
-    folder = Workspace(session.run_dir).folder(take)
+    workspace = Workspace(session.run_dir)
+    folder = workspace.folder(take)
+    stop = _StopCheck(workspace)
 
     next_log = PROGRESS_EVERY_SECONDS
 
@@ -31,7 +52,9 @@ def record(session: RoomSession, take: Take) -> Recording:
             next_log += PROGRESS_EVERY_SECONDS
             logger.info("%s: %.0f s, %.1f MB recorded", take.anchor, report.seconds, report.bytes / 1e6)
 
-    recording = record_take(take, folder, RecorderSettings(), on_progress=progress)
+    recording = record_take(take, folder, RecorderSettings(), should_stop=stop, on_progress=progress)
+    if stop():
+        recording = recording.model_copy(update={"ended_because": workspace.stop_reason() or "stopped"})
     logger.info(
         "%s: recorded %.1f s (%s); %s",
         take.anchor,

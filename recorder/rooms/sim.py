@@ -6,10 +6,22 @@ room ends every stream, as the end of a TRTC relay does. The first pull of an an
 appearance gets its media from its first frame (a relay started as the anchor joined); a
 later pull, after a drop, gets live media from that moment on. An anchor who leaves and
 comes back is a new appearance, with a new stream.
+
+The same server answers JSON about the room, so a recorder in another process (a Prefect
+worker) can watch it (`recorder.rooms.sim_remote.RemoteSimRoom`); the room id is
+percent-encoded in the path:
+
+- `GET /rooms/{sdk_app_id}/{room}`: `{"sdk_app_id", "room", "streams": {anchor: url}}`; it
+  does not start the script's clock (finding a room is not looking at it, as in-process).
+- `GET /rooms/{sdk_app_id}/{room}/state`: `{"publishers": [...], "ended", "recorder_removed",
+  "streams"}`; the recorder's look at the room, so the first one starts the clock (`begin`).
+
+Any other room or path gets a 404 with a JSON `error`.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from http import HTTPStatus
@@ -42,7 +54,7 @@ class _ChunkedWriter:
 class SimRoom:
     """A scripted room. Use as a context manager, or `start()` / `stop()`."""
 
-    def __init__(self, sdk_app_id: int, room: str, script: SimScript) -> None:
+    def __init__(self, sdk_app_id: int, room: str, script: SimScript, port: int = 0) -> None:
         self.sdk_app_id = sdk_app_id
         self.room = room
         self.script = script
@@ -50,7 +62,8 @@ class SimRoom:
         self._pulled: set[SimAnchor] = set()
         self._lock = threading.Lock()
         self._stopping = threading.Event()
-        self._server = ThreadingHTTPServer((LOOPBACK, 0), self._handler_class())
+        # Port 0: any free port; a fixed one lets another process be configured in advance.
+        self._server = ThreadingHTTPServer((LOOPBACK, port), self._handler_class())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
@@ -78,6 +91,11 @@ class SimRoom:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+    @property
+    def control_url(self) -> str:
+        """Where another process reaches this room (`RECORDER_SIM_ROOM_URL`)."""
+        return f"http://{LOOPBACK}:{self._server.server_port}"
 
     # -- the Room interface ------------------------------------------------------------
 
@@ -127,7 +145,46 @@ class SimRoom:
     def _relay_over(self) -> bool:
         return self.ended() or self.recorder_removed()
 
+    def _streams(self) -> dict[str, str]:
+        anchors = sorted({a.user_id for a in self.script.anchors})
+        return {user_id: self.stream_url(user_id) for user_id in anchors}
+
+    def _state(self) -> dict[str, object]:
+        self.begin()  # the recorder's look at the room, as publishers() and the rest are in-process
+        return {
+            "publishers": sorted(self.publishers()),
+            "ended": self.ended(),
+            "recorder_removed": self.recorder_removed(),
+            "streams": self._streams(),
+        }
+
+    def _serve_control(self, handler: BaseHTTPRequestHandler) -> None:
+        # Split before decoding: a percent-encoded room id may hold any character.
+        parts = handler.path.partition("?")[0].split("/")[2:]  # after "", "rooms"
+        if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] != "state"):
+            _send_json(handler, HTTPStatus.NOT_FOUND, {"error": f"no such endpoint: {handler.path}"})
+            return
+        sdk_app_id, room = unquote(parts[0]), unquote(parts[1])
+        if (sdk_app_id, room) != (str(self.sdk_app_id), self.room):
+            error = (
+                f"no simulated room {room!r} for SdkAppId {sdk_app_id} here: "
+                f"this server runs room {self.room!r} for SdkAppId {self.sdk_app_id}"
+            )
+            _send_json(handler, HTTPStatus.NOT_FOUND, {"error": error})
+            return
+        if len(parts) == 3:
+            _send_json(handler, HTTPStatus.OK, self._state())
+        else:
+            _send_json(
+                handler,
+                HTTPStatus.OK,
+                {"sdk_app_id": self.sdk_app_id, "room": self.room, "streams": self._streams()},
+            )
+
     def _serve(self, handler: BaseHTTPRequestHandler) -> None:
+        if handler.path.startswith("/rooms/"):
+            self._serve_control(handler)
+            return
         name = unquote(handler.path.removeprefix("/live/").removesuffix(".flv"))
         anchor = self._publishing(name)
         if anchor is None:
@@ -163,6 +220,18 @@ class SimRoom:
                 pass  # the recorder logs what matters; the room stays quiet
 
         return Handler
+
+
+def _send_json(handler: BaseHTTPRequestHandler, status: HTTPStatus, body: dict[str, object]) -> None:
+    data = json.dumps(body).encode()
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(data)))
+    # One answer per connection: a watcher polls with objects nobody closes, and a kept-alive
+    # connection would hold a handler thread here for as long as that process lives.
+    handler.send_header("Connection", "close")
+    handler.end_headers()
+    handler.wfile.write(data)
 
 
 # Running simulated rooms of this process, found by (SdkAppId, room) like TRTC rooms are.

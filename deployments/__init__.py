@@ -1,0 +1,1 @@
+"""Running trtc-recorder as a service: the HTTP gateway in front of the Prefect deployment."""

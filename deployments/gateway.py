@@ -1,0 +1,119 @@
+"""The HTTP gateway: the original's trigger (an API gateway in front of an async
+function), in front of Prefect.
+
+    POST /  or  POST /recordings      the request, exactly as the original takes it
+        202 "Async run task submitted"; the flow run id in `x-request-id` (the
+        original's x-scf-reqid). JSON instead when the client accepts only JSON.
+    GET  /recordings/{id}             state, and the result document once there is one
+    POST /recordings/{id}/stop        end the recording now; the files are still delivered
+    GET  /health                      liveness, no key needed
+
+With RECORDER_API_KEYS set, every other call needs one of them, as
+`Authorization: Bearer KEY` or `X-Api-Key: KEY`; `recorder serve` refuses to listen beyond
+loopback without keys.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from typing import Annotated, Any
+from uuid import UUID
+
+from fastapi import Depends, FastAPI, Header, HTTPException, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from prefect import get_client
+from prefect.exceptions import ObjectNotFound
+
+from flows.runs import RunFinishedError, read_recording, request_stop, start_recording
+from recorder.request import RequestError, parse_request
+from recorder.settings import RecorderSettings
+
+SUBMITTED = "Async run task submitted"
+REQUEST_ID_HEADER = "x-request-id"
+
+
+def _api_keys(settings: RecorderSettings) -> list[bytes]:
+    if settings.api_keys is None:
+        return []
+    return [k.strip().encode() for k in settings.api_keys.get_secret_value().split(",") if k.strip()]
+
+
+def create_app(settings: RecorderSettings | None = None) -> FastAPI:
+    settings = settings or RecorderSettings()
+    keys = _api_keys(settings)
+
+    def authorised(
+        authorization: Annotated[str | None, Header()] = None,
+        x_api_key: Annotated[str | None, Header()] = None,
+    ) -> None:
+        if not keys:
+            return
+        offered = x_api_key or (authorization or "").removeprefix("Bearer ").strip()
+        # Compare with every key, in constant time, so timing tells nothing about them.
+        matched = [hmac.compare_digest(offered.encode(), key) for key in keys]
+        if not offered or not any(matched):
+            raise HTTPException(401, "missing or invalid API key", headers={"WWW-Authenticate": "Bearer"})
+
+    app = FastAPI(title="trtc-recorder")
+    guarded = [Depends(authorised)]
+
+    @app.exception_handler(HTTPException)
+    async def _error(request: Request, exc: HTTPException) -> Response:
+        return JSONResponse({"error": exc.detail}, exc.status_code, headers=exc.headers)
+
+    @app.get("/health")
+    async def health() -> dict[str, bool]:
+        return {"ok": True}
+
+    async def submit(request: Request) -> Response:
+        try:
+            raw: Any = json.loads(await request.body())
+        except ValueError as exc:
+            raise HTTPException(400, f"the body is not JSON: {exc}") from None
+        try:
+            recording = parse_request(raw)
+        except RequestError as exc:
+            return JSONResponse({"error": "invalid request", "problems": exc.problems}, 422)
+        async with get_client() as client:
+            started = await start_recording(client, recording, settings)
+        headers = {REQUEST_ID_HEADER: str(started.run_id)}
+        if _wants_json(request):
+            body = {
+                "Message": SUBMITTED,
+                "RequestId": str(started.run_id),
+                "AlreadyRunning": started.already_running,
+            }
+            return JSONResponse(body, 202, headers=headers)
+        return PlainTextResponse(SUBMITTED, 202, headers=headers)
+
+    app.post("/", dependencies=guarded)(submit)
+    app.post("/recordings", dependencies=guarded)(submit)
+
+    @app.get("/recordings/{run_id}", dependencies=guarded)
+    async def status(run_id: UUID) -> dict[str, Any]:
+        async with get_client() as client:
+            try:
+                found = await read_recording(client, run_id)
+            except ObjectNotFound:
+                raise HTTPException(404, f"no recording {run_id}") from None
+        result = found.result.model_dump(mode="json") if found.result else None
+        return {"RequestId": str(run_id), "State": found.state, "Final": found.final, "Result": result}
+
+    @app.post("/recordings/{run_id}/stop", dependencies=guarded, status_code=202)
+    async def stop(run_id: UUID) -> dict[str, Any]:
+        async with get_client() as client:
+            try:
+                state = await request_stop(client, run_id)
+            except ObjectNotFound:
+                raise HTTPException(404, f"no recording {run_id}") from None
+            except RunFinishedError as exc:
+                raise HTTPException(409, str(exc)) from None
+        return {"RequestId": str(run_id), "State": state, "Message": "stopping: the files will be delivered"}
+
+    return app
+
+
+def _wants_json(request: Request) -> bool:
+    accept = request.headers.get("accept", "")
+    return "application/json" in accept and "text/plain" not in accept

@@ -1,0 +1,87 @@
+"""The service's commands: `recorder serve`, `recorder service-key`, `recorder seal`."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import sys
+from pathlib import Path
+
+from recorder.request import RequestError, parse_request
+from recorder.sealing import SealError, new_service_key, public_parameters, seal_secrets
+from recorder.settings import RecorderSettings
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(args: argparse.Namespace) -> int:
+    settings = RecorderSettings()
+    if settings.service_key is None:
+        print(
+            "recorder: RECORDER_SERVICE_KEY is not set: the gateway seals each request's secrets with it "
+            "(make one with `recorder service-key`; give the workers the same one)",
+            file=sys.stderr,
+        )
+        return 2
+    if not _is_loopback(args.host) and settings.api_keys is None:
+        print(
+            f"recorder: refusing to listen on {args.host} without RECORDER_API_KEYS: "
+            "beyond loopback every request must carry an API key",
+            file=sys.stderr,
+        )
+        return 2
+    # Imported here: FastAPI and Prefect's client take a while, and --help should not wait.
+    import uvicorn
+
+    from deployments.gateway import create_app
+
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")
+    return 0
+
+
+def service_key(args: argparse.Namespace) -> int:
+    print(new_service_key())
+    return 0
+
+
+def seal(args: argparse.Namespace) -> int:
+    """A request file as a deployment's parameters: public part plus sealed secrets."""
+    try:
+        request = parse_request(json.loads(Path(args.request).read_text()))
+        sealed = seal_secrets(request, RecorderSettings().service_key)
+    except (OSError, ValueError) as exc:
+        problems = exc.problems if isinstance(exc, RequestError) else [str(exc)]
+        print(f"recorder: cannot seal {args.request}:", *problems, sep="\n  ", file=sys.stderr)
+        return 2
+    except SealError as exc:
+        print(f"recorder: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({"request": public_parameters(request), "sealed_secrets": sealed}, indent=2))
+    return 0
+
+
+def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    served = commands.add_parser(
+        "serve",
+        help="the HTTP gateway: POST requests, they become runs of the record-room deployment",
+        description="Serve the gateway (see deployments/README.md). Needs RECORDER_SERVICE_KEY, and "
+        "RECORDER_API_KEYS when listening beyond loopback; PREFECT_API_URL names the Prefect server.",
+    )
+    served.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    served.add_argument("--port", type=int, default=8080, help="default 8080")
+    served.set_defaults(run=serve)
+    key = commands.add_parser("service-key", help="print a new RECORDER_SERVICE_KEY")
+    key.set_defaults(run=service_key)
+    sealed = commands.add_parser(
+        "seal", help="print a request file as deployment parameters, its secrets sealed (for schedules)"
+    )
+    sealed.add_argument("request", type=Path)
+    sealed.set_defaults(run=seal)
