@@ -1,0 +1,373 @@
+"""The service as production runs it (deployments/README.md), each part a real process on loopback:
+`prefect server start`, the `recorders` process work pool, the deployments of the repository's
+prefect.yaml (`prefect deploy --all`) and `prefect worker start --pool recorders`.
+
+    with PrefectService(tmp_path / "prefect", env={"RECORDER_STORAGE_DIR": str(out)}) as service:
+        subprocess.run([...], env=service.env())           # a client process
+        with service.client_settings():                    # or Prefect clients in this thread
+            run_deployment(DEPLOYMENT, parameters=..., timeout=0)
+
+Start-up costs about 25 s on two cores the first time in a test session (most of it the
+server migrating a new SQLite database) and about 15 s after that (see `_MigratedDatabase`).
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, closing, contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+
+import httpx
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+POOL = "recorders"
+DEPLOYMENT = "record-room/record-room"
+WORKER_NAME = "test-worker"
+
+SERVER_START_SECONDS = 90.0
+COMMAND_SECONDS = 90.0  # one `prefect work-pool create` / `prefect deploy` (imports alone take ~3 s)
+WORKER_START_SECONDS = 60.0
+STOP_GRACE_SECONDS = 10.0
+LOG_TAIL_LINES = 60
+
+
+class PrefectService:
+    """A Prefect server + work pool + deployment + worker, each a real process, on loopback."""
+
+    def __init__(
+        self, home: Path, env: dict[str, str] | None = None, *, project_dir: Path = REPO_ROOT
+    ) -> None:
+        """`home` is PREFECT_HOME of every process (database, results, logs); `env` is extra
+        environment for the worker and so for its flow runs (RECORDER_* settings, say)."""
+        self.home = home.resolve()
+        self.project_dir = project_dir.resolve()
+        self.worker_env = dict(env or {})
+        self.port = 0
+        self.api_url = ""
+        # Set explicitly (not left to Prefect's defaults) so tests know which files to read.
+        self.database = self.home / "prefect.db"
+        self.results = self.home / "storage"
+        self.log_dir = self.home / "logs"
+        self._server: subprocess.Popen[bytes] | None = None
+        self._worker: subprocess.Popen[bytes] | None = None
+        self._log_files: list[IO[bytes]] = []
+
+    # -- the API -------------------------------------------------------------------------------
+
+    def start(self) -> PrefectService:
+        """Server (until /api/health answers), work pool, deployments, worker (until registered
+        with the pool). Whatever started is stopped again if a step fails."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.log_dir.mkdir(exist_ok=True)
+        try:
+            self._start_server()
+            self._run("work-pool", "work-pool", "create", POOL, "--type", "process", "--overwrite")
+            # The worker needs only the pool, and its imports take seconds: start it while
+            # `prefect deploy` runs rather than after it.
+            self._worker = self._spawn(
+                "worker",
+                [
+                    "worker",
+                    "start",
+                    "--pool",
+                    POOL,
+                    "--name",
+                    WORKER_NAME,
+                    "--install-policy",
+                    "never",  # the process worker is built in; never reach for a package index
+                    "--no-create-pool-if-not-found",  # a missing pool is a bug here, not a default
+                ],
+                self._worker_environment(),
+            )
+            # From the project root: the pull step's `{{ $PWD }}` becomes the flow runs' directory.
+            self._run("deploy", "deploy", "--all", cwd=self.project_dir)
+            self._wait_for_worker()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """Worker, then server: SIGTERM, a grace period, then SIGKILL; flow runs the worker
+        left behind are killed too. Safe to call more than once."""
+        try:
+            for name in ("_worker", "_server"):
+                process = getattr(self, name)
+                if process is not None:
+                    _terminate(process)
+                    setattr(self, name, None)
+        finally:
+            for file in self._log_files:
+                file.close()
+            self._log_files.clear()
+
+    def __enter__(self) -> PrefectService:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def env(self) -> dict[str, str]:
+        """A whole environment for a client process of this service (subprocess `env=`): this
+        environment without any PREFECT_* of the caller's, plus PREFECT_API_URL, PREFECT_HOME,
+        analytics off."""
+        if not self.api_url:
+            raise RuntimeError("the service has not started")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+        env.update(
+            PREFECT_HOME=str(self.home),
+            PREFECT_API_URL=self.api_url,
+            PREFECT_LOCAL_STORAGE_PATH=str(self.results),
+            PREFECT_SERVER_ANALYTICS_ENABLED="false",
+            PREFECT_CLI_PROMPT="false",
+            PYTHONUNBUFFERED="1",  # so logs() shows what a process printed up to now
+        )
+        return env
+
+    def client_settings(self) -> AbstractContextManager[Any]:
+        """Prefect clients of *this thread* use this service (Prefect reads its environment once,
+        at import). Settings are a context variable: threads started inside do not inherit them."""
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        return temporary_settings(updates={PREFECT_API_URL: self.api_url})
+
+    def logs(self) -> str:
+        """What every process of the service printed so far (stdout and stderr), file by file."""
+        return "\n".join(
+            f"===== {path.name} =====\n{path.read_text(errors='replace')}"
+            for path in sorted(self.log_dir.glob("*.log"))
+        )
+
+    def database_files(self) -> list[Path]:
+        """The database and its write-ahead log: recent writes are in `-wal` until SQLite
+        checkpoints, so a search of the database for a secret must read both."""
+        return [p for p in (self.database, Path(f"{self.database}-wal")) if p.is_file()]
+
+    # -- the parts -----------------------------------------------------------------------------
+
+    def _start_server(self) -> None:
+        _MigratedDatabase.copy_to(self.database)
+        for _attempt in range(3):
+            self.port = _free_port()
+            self.api_url = f"http://127.0.0.1:{self.port}/api"
+            server_env = self.env()
+            server_env.update(
+                PREFECT_API_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{self.database}",
+                PREFECT_SERVER_UI_ENABLED="false",
+            )
+            self._server = self._spawn(
+                "server",
+                ["server", "start", "--host", "127.0.0.1", "--port", str(self.port), "--no-ui"],
+                server_env,
+            )
+            if self._wait_for_health():
+                _MigratedDatabase.keep(self.database)
+                return
+            # Another process took the port between _free_port() and the bind: another port.
+            self._server = None
+        raise RuntimeError(f"prefect server found no free port\n{self._tail('server')}")
+
+    def _wait_for_health(self) -> bool:
+        """True once the API answers; False if the port was taken; raises on anything else."""
+        assert self._server is not None
+        deadline = time.monotonic() + SERVER_START_SECONDS
+        while time.monotonic() < deadline:
+            if self._server.poll() is not None:
+                if "already in use" in self._read("server"):
+                    return False
+                raise RuntimeError(
+                    f"prefect server exited ({self._server.returncode})\n{self._tail('server')}"
+                )
+            with suppress(httpx.HTTPError):
+                if httpx.get(f"{self.api_url}/health", timeout=2).status_code == 200:
+                    return True
+            time.sleep(0.2)
+        raise TimeoutError(
+            f"prefect server not healthy after {SERVER_START_SECONDS:.0f} s\n{self._tail('server')}"
+        )
+
+    def _worker_environment(self) -> dict[str, str]:
+        env = self.env()
+        env.update(
+            # Look for scheduled runs every second (default 10 s): a run starts within ~1 s.
+            PREFECT_WORKER_QUERY_SECONDS="1",
+            # Heartbeats keep the worker ONLINE; the default 30 s is slow for a short test.
+            PREFECT_WORKER_HEARTBEAT_SECONDS="5",
+        )
+        env.update(self.worker_env)
+        return env
+
+    def _wait_for_worker(self) -> None:
+        assert self._worker is not None
+        deadline = time.monotonic() + WORKER_START_SECONDS
+        while time.monotonic() < deadline:
+            if self._worker.poll() is not None:
+                raise RuntimeError(
+                    f"prefect worker exited ({self._worker.returncode})\n{self._tail('worker')}"
+                )
+            with suppress(httpx.HTTPError):
+                answer = httpx.post(f"{self.api_url}/work_pools/{POOL}/workers/filter", json={}, timeout=5)
+                if any(w["name"] == WORKER_NAME and w["status"] == "ONLINE" for w in answer.json()):
+                    return
+            time.sleep(0.2)
+        raise TimeoutError(
+            f"prefect worker not registered with pool {POOL!r} after {WORKER_START_SECONDS:.0f} s\n"
+            f"{self._tail('worker')}"
+        )
+
+    # -- processes and their logs ----------------------------------------------------------------
+
+    def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        log = (self.log_dir / f"{name}.log").open("ab")
+        self._log_files.append(log)
+        return subprocess.Popen(
+            [sys.executable, "-m", "prefect", *args],
+            cwd=self.home,  # not the project: `python -m` puts the working directory on sys.path
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def _run(self, name: str, *args: str, cwd: Path | None = None) -> None:
+        """One CLI command to its end, its output in logs/{name}.log."""
+        with (self.log_dir / f"{name}.log").open("ab") as log:
+            try:
+                done = subprocess.run(
+                    [sys.executable, "-m", "prefect", *args],
+                    cwd=cwd or self.home,
+                    env=self.env(),
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    timeout=COMMAND_SECONDS,
+                )
+            except subprocess.TimeoutExpired:
+                raise TimeoutError(
+                    f"prefect {' '.join(args)}: no end after {COMMAND_SECONDS:.0f} s\n{self._tail(name)}"
+                ) from None
+        if done.returncode != 0:
+            raise RuntimeError(f"prefect {' '.join(args)} failed ({done.returncode})\n{self._tail(name)}")
+
+    def _read(self, name: str) -> str:
+        path = self.log_dir / f"{name}.log"
+        return path.read_text(errors="replace") if path.is_file() else ""
+
+    def _tail(self, name: str) -> str:
+        lines = self._read(name).splitlines()[-LOG_TAIL_LINES:]
+        return f"--- last lines of {self.log_dir / name}.log ---\n" + "\n".join(lines)
+
+
+@contextmanager
+def prefect_service(home: Path, env: dict[str, str] | None = None) -> Iterator[PrefectService]:
+    """`with prefect_service(tmp_path / "prefect") as service:` the same as PrefectService."""
+    with PrefectService(home, env) as service:
+        yield service
+
+
+class _MigratedDatabase:
+    """A new SQLite database costs the server ~12 s of migrations on two cores. The first server
+    of a test session leaves a copy of its database as it was once it answered (migrated, block
+    types registered, nothing of any test in it) and later servers start from that copy, as a
+    production server restarts on a migrated database."""
+
+    _copy: Path | None = None
+
+    @classmethod
+    def copy_to(cls, database: Path) -> None:
+        if cls._copy is not None and not database.exists():
+            shutil.copyfile(cls._copy, database)
+
+    @classmethod
+    def keep(cls, database: Path) -> None:
+        if cls._copy is not None:
+            return
+        folder = Path(tempfile.mkdtemp(prefix="prefect-migrated-db-"))
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        copy = folder / "prefect.db"
+        # SQLite's backup API: a consistent copy (WAL included) while the server writes.
+        with closing(sqlite3.connect(database)) as source, closing(sqlite3.connect(copy)) as target:
+            source.backup(target)
+        cls._copy = copy
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _terminate(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to the process and its children (a worker's flow runs, which it would otherwise
+    wait for), SIGKILL to whatever is left after the grace period."""
+    family = _descendants(process.pid)
+    if process.poll() is None:
+        # The worker turns SIGTERM into a SIGINT to itself: if this process was started with
+        # SIGINT ignored (`cmd &` in a non-interactive shell), that never lands and it takes
+        # the SIGKILL below.
+        process.send_signal(signal.SIGTERM)
+    for child in family:
+        child.signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=STOP_GRACE_SECONDS)
+    except subprocess.TimeoutExpired:
+        family |= _descendants(process.pid)
+        process.kill()
+        process.wait(timeout=STOP_GRACE_SECONDS)
+    for child in family:
+        child.signal(signal.SIGKILL)
+
+
+@dataclass(frozen=True)
+class _Pid:
+    """A process id with its start time, so a later signal cannot reach a recycled id."""
+
+    pid: int
+    started: str
+
+    def signal(self, signum: int) -> None:
+        if _stat(self.pid)[1] == self.started:
+            with suppress(ProcessLookupError, PermissionError):
+                os.kill(self.pid, signum)
+
+
+def _stat(pid: int) -> tuple[int, str]:
+    """(parent pid, start time) from /proc; (0, "") if gone or there is no /proc."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0, ""
+    fields = text[text.rindex(")") + 2 :].split()  # after "pid (command name) "
+    return int(fields[1]), fields[19]
+
+
+def _descendants(pid: int) -> set[_Pid]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").glob("[0-9]*") if Path("/proc").is_dir() else []:
+        parent = _stat(int(entry.name))[0]
+        children.setdefault(parent, []).append(int(entry.name))
+    found: set[_Pid] = set()
+    stack = list(children.get(pid, []))
+    while stack:
+        child = stack.pop()
+        started = _stat(child)[1]
+        if started:
+            found.add(_Pid(child, started))
+            stack.extend(children.get(child, []))
+    return found
