@@ -1,16 +1,20 @@
-"""The service's commands: `recorder serve`, `recorder service-key`, `recorder seal`."""
+"""The service's commands: `recorder serve`, `service-key`, `seal` and `usersig`."""
 
 from __future__ import annotations
 
 import argparse
 import ipaddress
 import json
+import os
 import sys
 from pathlib import Path
 
 from recorder.request import RequestError, parse_request
 from recorder.sealing import SealError, new_service_key, public_parameters, seal_secrets
 from recorder.settings import RecorderSettings
+from recorder.usersig import DEFAULT_EXPIRE_SECONDS, generate_usersig
+
+USERSIG_KEY_ENV = "RECORDER_TRTC_SDK_SECRET_KEY"
 
 
 def _is_loopback(host: str) -> bool:
@@ -68,6 +72,18 @@ def seal(args: argparse.Namespace) -> int:
     return 0
 
 
+def usersig(args: argparse.Namespace) -> int:
+    key = args.key or os.environ.get(USERSIG_KEY_ENV, "")
+    if not key:
+        print(
+            f"recorder: give --key or set {USERSIG_KEY_ENV} (the application's SDK secret key)",
+            file=sys.stderr,
+        )
+        return 2
+    print(generate_usersig(args.sdkappid, key, args.userid, args.expire))
+    return 0
+
+
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     served = commands.add_parser(
         "serve",
@@ -85,3 +101,17 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     sealed.add_argument("request", type=Path)
     sealed.set_defaults(run=seal)
+    signer = commands.add_parser(
+        "usersig",
+        help="generate a TRTC UserSig (TLS signature v2) for a user, to test with",
+        description="Generate a UserSig with the application's SDK secret key (TRTC console: "
+        f"Application Management > UserSig Tools). The key may come from {USERSIG_KEY_ENV} instead "
+        "of --key, to keep it out of the shell's history.",
+    )
+    signer.add_argument("--sdkappid", type=int, required=True)
+    signer.add_argument("--userid", required=True)
+    signer.add_argument("--key", help=f"the SDK secret key (default: ${USERSIG_KEY_ENV})")
+    signer.add_argument(
+        "--expire", type=int, default=DEFAULT_EXPIRE_SECONDS, help="seconds (default 180 days)"
+    )
+    signer.set_defaults(run=usersig)
