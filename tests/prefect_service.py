@@ -7,8 +7,9 @@ prefect.yaml (`prefect deploy --all`) and `prefect worker start --pool recorders
         with service.client_settings():                    # or Prefect clients in this thread
             run_deployment(DEPLOYMENT, parameters=..., timeout=0)
 
-Start-up costs about 25 s on two cores the first time in a test session (most of it the
-server migrating a new SQLite database) and about 15 s after that (see `_MigratedDatabase`).
+Start-up takes about 20 s on two idle cores the first time in a test session (most of it the
+server migrating a new SQLite database) and about 13 s after that (see `_MigratedDatabase`);
+stop() well under a second.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ class PrefectService:
         self.log_dir = self.home / "logs"
         self._server: subprocess.Popen[bytes] | None = None
         self._worker: subprocess.Popen[bytes] | None = None
+        self._worker_stops_gracefully = True
         self._log_files: list[IO[bytes]] = []
 
     # -- the API -------------------------------------------------------------------------------
@@ -74,7 +76,13 @@ class PrefectService:
         self.log_dir.mkdir(exist_ok=True)
         try:
             self._start_server()
-            self._run("work-pool", "work-pool", "create", POOL, "--type", "process", "--overwrite")
+            self._run(
+                "work-pool", "work-pool", "create", POOL, "--type", "process", "--overwrite", cwd=self.home
+            )
+            # The worker's graceful stop is a SIGINT it sends itself on SIGTERM. A child inherits
+            # an ignored SIGINT (pytest started by `cmd &` from a script): then that SIGINT never
+            # lands, and waiting for it would only add the grace period before the SIGKILL.
+            self._worker_stops_gracefully = signal.getsignal(signal.SIGINT) != signal.SIG_IGN
             # The worker needs only the pool, and its imports take seconds: start it while
             # `prefect deploy` runs rather than after it.
             self._worker = self._spawn(
@@ -92,7 +100,7 @@ class PrefectService:
                 ],
                 self._worker_environment(),
             )
-            # From the project root: the pull step's `{{ $PWD }}` becomes the flow runs' directory.
+            # In the project root: the pull step's `{{ $PWD }}` becomes the flow runs' directory.
             self._run("deploy", "deploy", "--all", cwd=self.project_dir)
             self._wait_for_worker()
         except BaseException:
@@ -104,15 +112,18 @@ class PrefectService:
         """Worker, then server: SIGTERM, a grace period, then SIGKILL; flow runs the worker
         left behind are killed too. Safe to call more than once."""
         try:
-            for name in ("_worker", "_server"):
-                process = getattr(self, name)
-                if process is not None:
-                    _terminate(process)
-                    setattr(self, name, None)
+            if self._worker is not None:
+                worker, self._worker = self._worker, None
+                _terminate(worker, STOP_GRACE_SECONDS if self._worker_stops_gracefully else 0.0)
         finally:
-            for file in self._log_files:
-                file.close()
-            self._log_files.clear()
+            try:
+                if self._server is not None:
+                    server, self._server = self._server, None
+                    _terminate(server, STOP_GRACE_SECONDS)
+            finally:
+                for file in self._log_files:
+                    file.close()
+                self._log_files.clear()
 
     def __enter__(self) -> PrefectService:
         return self.start()
@@ -123,9 +134,9 @@ class PrefectService:
         self.stop()
 
     def env(self) -> dict[str, str]:
-        """A whole environment for a client process of this service (subprocess `env=`): this
-        environment without any PREFECT_* of the caller's, plus PREFECT_API_URL, PREFECT_HOME,
-        analytics off."""
+        """A whole environment for a client process of this service (subprocess `env=`): the
+        caller's without any PREFECT_* of its own (a developer's PREFECT_API_URL must not win),
+        plus PREFECT_API_URL, PREFECT_HOME, results under home, analytics off."""
         if not self.api_url:
             raise RuntimeError("the service has not started")
         env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
@@ -170,25 +181,26 @@ class PrefectService:
                 PREFECT_API_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{self.database}",
                 PREFECT_SERVER_UI_ENABLED="false",
             )
+            printed_before = len(self._read("server"))
             self._server = self._spawn(
                 "server",
                 ["server", "start", "--host", "127.0.0.1", "--port", str(self.port), "--no-ui"],
                 server_env,
             )
-            if self._wait_for_health():
+            if self._wait_for_health(printed_before):
                 _MigratedDatabase.keep(self.database)
                 return
             # Another process took the port between _free_port() and the bind: another port.
             self._server = None
         raise RuntimeError(f"prefect server found no free port\n{self._tail('server')}")
 
-    def _wait_for_health(self) -> bool:
+    def _wait_for_health(self, printed_before: int) -> bool:
         """True once the API answers; False if the port was taken; raises on anything else."""
         assert self._server is not None
         deadline = time.monotonic() + SERVER_START_SECONDS
         while time.monotonic() < deadline:
             if self._server.poll() is not None:
-                if "already in use" in self._read("server"):
+                if "already in use" in self._read("server")[printed_before:]:
                     return False
                 raise RuntimeError(
                     f"prefect server exited ({self._server.returncode})\n{self._tail('server')}"
@@ -238,20 +250,22 @@ class PrefectService:
         return subprocess.Popen(
             [sys.executable, "-m", "prefect", *args],
             cwd=self.home,  # not the project: `python -m` puts the working directory on sys.path
-            env=env,
+            env={**env, "PWD": str(self.home)},
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
 
-    def _run(self, name: str, *args: str, cwd: Path | None = None) -> None:
+    def _run(self, name: str, *args: str, cwd: Path) -> None:
         """One CLI command to its end, its output in logs/{name}.log."""
         with (self.log_dir / f"{name}.log").open("ab") as log:
             try:
                 done = subprocess.run(
                     [sys.executable, "-m", "prefect", *args],
-                    cwd=cwd or self.home,
-                    env=self.env(),
+                    cwd=cwd,
+                    # Prefect's `{{ $PWD }}` reads the variable, not the working directory, and
+                    # a child inherits the caller's PWD whatever its `cwd`: as a shell would.
+                    env={**self.env(), "PWD": str(cwd)},
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
@@ -313,19 +327,16 @@ def _free_port() -> int:
         return port
 
 
-def _terminate(process: subprocess.Popen[bytes]) -> None:
+def _terminate(process: subprocess.Popen[bytes], grace: float) -> None:
     """SIGTERM to the process and its children (a worker's flow runs, which it would otherwise
     wait for), SIGKILL to whatever is left after the grace period."""
     family = _descendants(process.pid)
     if process.poll() is None:
-        # The worker turns SIGTERM into a SIGINT to itself: if this process was started with
-        # SIGINT ignored (`cmd &` in a non-interactive shell), that never lands and it takes
-        # the SIGKILL below.
         process.send_signal(signal.SIGTERM)
     for child in family:
         child.signal(signal.SIGTERM)
     try:
-        process.wait(timeout=STOP_GRACE_SECONDS)
+        process.wait(timeout=grace)
     except subprocess.TimeoutExpired:
         family |= _descendants(process.pid)
         process.kill()

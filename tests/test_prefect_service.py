@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.objects import WorkerStatus
+from prefect.client.schemas.objects import FlowRun, WorkerStatus
 from prefect.deployments import run_deployment
 
 from tests.prefect_service import DEPLOYMENT, POOL, REPO_ROOT, WORKER_NAME, PrefectService
@@ -43,6 +43,7 @@ def test_the_worker_runs_a_flow_run_of_the_deployment(tmp_path: Path) -> None:
             assert workers == {WORKER_NAME: WorkerStatus.ONLINE}
 
             flow_run = run_deployment(DEPLOYMENT, parameters=NOT_A_VALID_REQUEST, timeout=0)
+            assert isinstance(flow_run, FlowRun)  # called from sync code: the run, not a coroutine
             deadline = time.monotonic() + RUN_SECONDS
             state = flow_run.state
             while (state is None or not state.is_final()) and time.monotonic() < deadline:
