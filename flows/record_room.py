@@ -95,7 +95,7 @@ def _watch_room(
 ) -> dict[str, AnchorPipeline]:
     """Start a pipeline for every anchor who publishes, until the room is over for us."""
     logger = get_run_logger()
-    room = open_room(session.backend, session.sdk_app_id, session.room, settings.sim_room_url)
+    room = open_room(settings, session.sdk_app_id, session.room)
     watcher = RoomWatcher(room, request.MaxIdleTime)
     pipelines: dict[str, AnchorPipeline] = {}
     ended: set[str] = set()  # takes whose recording ended (told to the watcher once)
@@ -205,7 +205,7 @@ def _storage_refused(
     Status 0 with the reason, and the callback says so at once rather than after the room."""
     message = f"write to {STORAGE_LABELS[settings.storage]} failed: {error}; nothing was recorded"
     try:
-        room = open_room(settings.room_backend, request.SdkAppId, request.room, settings.sim_room_url)
+        room = open_room(settings, request.SdkAppId, request.room)
         anchors = sorted(room.publishers())
     except Exception:  # the room is beside the point here: report the storage failure anyway
         anchors = []

@@ -20,10 +20,17 @@ class RecorderSettings(BaseSettings):
     work_dir: Path = Path("work")
     # Where the local storage backend keeps finished files.
     storage_dir: Path = Path("recordings")
-    room_backend: Literal["sim"] = "sim"
+    room_backend: Literal["sim", "rtmp"] = "sim"
     # A simulated room served by another process (`recorder sim-room`), e.g. for a worker:
     # its control URL, http://127.0.0.1:PORT. Unset: rooms of this process only.
     sim_room_url: str | None = None
+    # The `rtmp` backend: anchors' streams on an RTMP server (nginx-rtmp, SRS) as
+    # {rtmp_url}/{stream name}; who is publishing, from the server's statistics page.
+    rtmp_url: str = "rtmp://127.0.0.1:1935/live"
+    rtmp_stat_url: str = "http://127.0.0.1:8088/stat"
+    # Makes stream names unguessable (a per-anchor key in the stream name), so only the
+    # relay told the name can publish it.
+    rtmp_stream_secret: SecretStr | None = None
     # Recording pieces: one MPEG-TS segment about every this many seconds.
     segment_seconds: float = Field(default=6.0, gt=0)
     # A stream that delivers nothing for this long has ended (a relay's end looks like this).

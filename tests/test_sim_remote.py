@@ -22,10 +22,15 @@ from recorder.rooms.base import RoomNotFoundError
 from recorder.rooms.sim import SimRoom, unregister
 from recorder.rooms.sim_remote import RemoteSimRoom
 from recorder.rooms.sim_script import SimAnchor, SimScript
+from recorder.settings import RecorderSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 # Characters a StrRoomId may hold that a URL path may not: the path must percent-encode them.
 ODD_ROOM = "desk | 7 %41 #?&"
+
+
+def _sim(sim_room_url: str | None) -> RecorderSettings:
+    return RecorderSettings(room_backend="sim", sim_room_url=sim_room_url)
 
 
 def _wait_until(condition: Callable[[], bool], seconds: float) -> bool:
@@ -100,19 +105,19 @@ def test_unknown_room_and_closed_port_name_the_url() -> None:
             RemoteSimRoom(room.control_url, 1, "elsewhere").publishers()
         assert "404" in str(info.value) and "'here'" in str(info.value)  # which room it does run
         with pytest.raises(RoomNotFoundError, match="SdkAppId 2"):
-            open_room("sim", 2, "here", room.control_url)
+            open_room(_sim(room.control_url), 2, "here")
     closed = f"http://127.0.0.1:{_free_port()}"
     with pytest.raises(RoomNotFoundError, match=re.escape(closed)):
         RemoteSimRoom(closed, 1, "here").check()
     with pytest.raises(RoomNotFoundError, match="in this process"):
-        open_room("sim", 1, "here")  # no URL: the in-process registry's answer, as before
+        open_room(_sim(None), 1, "here")  # no URL: the in-process registry's answer, as before
 
 
 def test_open_room_prefers_this_process_then_the_url() -> None:
     with SimRoom(3, ODD_ROOM, SimScript(anchors=[SimAnchor(user_id="a", leave=5.0)])) as room:
-        assert open_room("sim", 3, ODD_ROOM, "http://127.0.0.1:9") is room  # the URL is not even tried
+        assert open_room(_sim("http://127.0.0.1:9"), 3, ODD_ROOM) is room  # the URL is not even tried
         unregister(room)  # as a worker's process sees it: the room runs elsewhere
-        remote = open_room("sim", 3, ODD_ROOM, room.control_url)
+        remote = open_room(_sim(room.control_url), 3, ODD_ROOM)
         assert isinstance(remote, RemoteSimRoom)
         assert remote.publishers() == {"a"}
 
@@ -152,7 +157,7 @@ def _check_served_room(process: subprocess.Popen[str]) -> None:
     assert found, line + stderr.read() if process.poll() is not None else line
     url = found[1]
     assert found[2] == url
-    room = open_room("sim", 42, ODD_ROOM, url)  # not in this process: reached over HTTP
+    room = open_room(_sim(url), 42, ODD_ROOM)  # not in this process: reached over HTTP
     assert isinstance(room, RemoteSimRoom)
     assert room.publishers() == {"agent_7"}
     assert room.stream_url("agent_7").startswith(f"{url}/live/")

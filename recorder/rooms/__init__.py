@@ -1,31 +1,39 @@
-"""Room backends behind one interface (`Room`): `sim` now; `rtmp` and `trtc` to come."""
+"""Room backends behind one interface (`Room`): `sim` and `rtmp` now; `trtc` to come."""
 
 from __future__ import annotations
 
 from recorder.rooms.base import Room, RoomNotFoundError
+from recorder.settings import RecorderSettings
 
 
-def open_room(backend: str, sdk_app_id: int, room: str, sim_room_url: str | None = None) -> Room:
-    """The live room the request names, through the configured backend.
+def open_room(settings: RecorderSettings, sdk_app_id: int, room: str) -> Room:
+    """The live room the request names, through the backend `settings.room_backend`.
 
     `sim`: a simulated room of this process first (the CLI, the tests); else, with
-    `sim_room_url`, the one a `recorder sim-room` process serves there (a worker's runs)."""
+    `settings.sim_room_url`, the one a `recorder sim-room` process serves there (a worker's
+    runs). `rtmp`: the anchors' streams on the RTMP server at `settings.rtmp_url`, once its
+    statistics page (`settings.rtmp_stat_url`) answers."""
+    backend = settings.room_backend
     if backend == "sim":
         from recorder.rooms.sim import find_sim_room
 
         try:
             return find_sim_room(sdk_app_id, room)
         except RoomNotFoundError as exc:
-            if sim_room_url is None:
+            if settings.sim_room_url is None:
                 raise
             from recorder.rooms.sim_remote import RemoteSimRoom
 
             try:
-                return RemoteSimRoom(sim_room_url, sdk_app_id, room).check()
+                return RemoteSimRoom(settings.sim_room_url, sdk_app_id, room).check()
             except RoomNotFoundError as remote_exc:
                 # Both places were looked in: say so, not just the last one.
                 raise RoomNotFoundError(f"{exc}; {remote_exc}") from remote_exc
-    raise RoomNotFoundError(f"room backend {backend!r} is not available (known: sim)")
+    if backend == "rtmp":
+        from recorder.rooms.rtmp import RtmpRoom
+
+        return RtmpRoom(sdk_app_id, room, settings).check()
+    raise RoomNotFoundError(f"room backend {backend!r} is not available (known: sim, rtmp)")
 
 
 __all__ = ["Room", "RoomNotFoundError", "open_room"]
