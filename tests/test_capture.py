@@ -111,3 +111,17 @@ def test_maximum_duration_ends_the_capture(tmp_path: Path) -> None:
         )
     assert report.ended_because == "maximum duration reached"
     assert report.seconds == pytest.approx(1.5, abs=0.2)
+
+
+def test_a_failed_stream_is_reported_without_its_url(tmp_path: Path) -> None:
+    # The URL may carry a per-anchor stream key; Messages and logs must not repeat it.
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed again: nothing listens there
+    secret_url = f"rtmp://127.0.0.1:{port}/live/1400000000_1_anchor_SECRETKEY123"
+    with pytest.raises(CaptureError) as caught:
+        capture(secret_url, tmp_path / "out", segment_seconds=1.0, read_timeout=3.0)
+    assert str(caught.value).startswith("cannot open the stream: ")
+    assert "SECRETKEY123" not in str(caught.value)

@@ -69,7 +69,7 @@ def capture(
             options={"analyzeduration": "1000000", "probesize": "500000"},
         )
     except (av.FFmpegError, OSError) as exc:
-        raise CaptureError(f"cannot open the stream: {exc}") from exc
+        raise CaptureError(f"cannot open the stream: {_reason(exc)}") from exc
     try:
         media = [s for s in source.streams if s.type in ("video", "audio")]
         if not media:
@@ -137,6 +137,11 @@ def _copy_packets(
         return "the stream went silent"  # timeout: PyAV's interrupt fired
     except (av.FFmpegError, OSError) as exc:
         if report.packets == 0:
-            return f"read failed: {exc}"
-        return f"the stream broke off: {exc}"
+            return f"read failed: {_reason(exc)}"
+        return f"the stream broke off: {_reason(exc)}"
     return "the stream ended"
+
+
+def _reason(exc: av.FFmpegError | OSError) -> str:
+    """Why, without the URL that str(exc) ends with: a stream key may be in it."""
+    return exc.strerror or type(exc).__name__
