@@ -17,27 +17,27 @@ COS's front end); each request takes at most one, the oldest that matches its op
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import hmac
 import itertools
 import re
 import socket
-import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.utils import formatdate
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from socketserver import BaseRequestHandler, TCPServer
+from http.server import BaseHTTPRequestHandler
+from socketserver import BaseRequestHandler
 from types import TracebackType
 from typing import Any, cast
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 from xml.etree import ElementTree
 
 import crcmod  # type: ignore[import-untyped]
+
+from tests.loopback_server import LoopbackHTTPServer
 
 # CRC-64/ECMA as COS computes it for x-cos-hash-crc64ecma. `CRC64(more, CRC64(first))` continues a CRC.
 CRC64: Callable[..., int] = crcmod.mkCrcFun(
@@ -626,50 +626,14 @@ class _Response:
     length: int | None = None  # Content-Length when it is not len(body) (HEAD)
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False  # stop() must not wait for kept-alive connections
+class _Server(LoopbackHTTPServer):
     request_queue_size = 128  # the SDK opens several connections at once for parts
 
     def __init__(
         self, address: tuple[str, int], handler: type[BaseRequestHandler], endpoint: CosEndpoint
     ) -> None:
         self.endpoint = endpoint
-        self.stopping = threading.Event()
-        self._connections: set[socket.socket] = set()
-        self._connections_lock = threading.Lock()
         super().__init__(address, handler)
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind does a reverse DNS lookup (getfqdn), which can be slow.
-        TCPServer.server_bind(self)
-        self.server_name, self.server_port = self.host_name, self.server_address[1]
-
-    @property
-    def host_name(self) -> str:
-        return str(self.server_address[0])
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        with self._connections_lock:
-            self._connections.add(request)
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request: Any) -> None:
-        with self._connections_lock:
-            self._connections.discard(request)
-        super().shutdown_request(request)
-
-    def close_connections(self) -> None:
-        with self._connections_lock:
-            connections = list(self._connections)
-        for connection in connections:
-            with contextlib.suppress(OSError):
-                connection.shutdown(socket.SHUT_RDWR)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # A client that hangs up (timeouts, drops, stop()) is expected here; anything else is a bug.
-        if not isinstance(sys.exc_info()[1], ConnectionError | TimeoutError) and not self.stopping.is_set():
-            super().handle_error(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):
