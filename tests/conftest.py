@@ -6,6 +6,7 @@ import shutil
 import tempfile
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -67,3 +68,20 @@ def prefect_api() -> Iterator[None]:
     # No heartbeat thread: it only costs a second at the end of every run here.
     with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}), prefect_test_harness():
         yield
+
+
+@dataclass
+class Dirs:
+    work: Path
+    storage: Path
+
+
+@pytest.fixture
+def dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prefect_api: None) -> Iterator[Dirs]:
+    """Flow runs of one test: their own work and storage folders, a quick room poll."""
+    found = Dirs(tmp_path / "work", tmp_path / "recordings")
+    monkeypatch.delenv("CFS_PATH", raising=False)
+    monkeypatch.setenv("RECORDER_WORK_DIR", str(found.work))
+    monkeypatch.setenv("RECORDER_STORAGE_DIR", str(found.storage))
+    monkeypatch.setenv("RECORDER_POLL_SECONDS", "0.2")
+    yield found

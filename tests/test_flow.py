@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -17,6 +15,7 @@ from recorder.request import parse_request
 from recorder.result import ResultDocument
 from recorder.rooms.sim import SimRoom
 from recorder.rooms.sim_script import SimAnchor, SimScript
+from tests.conftest import Dirs
 from tests.http_receiver import Receiver
 from tests.media_check import decode_to_end, ffprobe
 from tests.prefect_records import assert_secrets_absent, task_run_states
@@ -30,22 +29,6 @@ TWO_ANCHORS = SimScript(
         SimAnchor(user_id="student_1", join=0.5, leave=3.0, tone_hz=660),
     ]
 )
-
-
-@dataclass
-class Dirs:
-    work: Path
-    storage: Path
-
-
-@pytest.fixture
-def dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prefect_api: None) -> Iterator[Dirs]:
-    found = Dirs(tmp_path / "work", tmp_path / "recordings")
-    monkeypatch.delenv("CFS_PATH", raising=False)
-    monkeypatch.setenv("RECORDER_WORK_DIR", str(found.work))
-    monkeypatch.setenv("RECORDER_STORAGE_DIR", str(found.storage))
-    monkeypatch.setenv("RECORDER_POLL_SECONDS", "0.2")
-    yield found
 
 
 def _request(callback: str | None, **changes: Any) -> dict[str, Any]:

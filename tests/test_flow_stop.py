@@ -7,8 +7,7 @@ import contextvars
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlparse
@@ -27,6 +26,7 @@ from recorder.request import parse_request
 from recorder.result import ResultDocument
 from recorder.rooms.sim import SimRoom
 from recorder.rooms.sim_script import SimAnchor, SimScript
+from tests.conftest import Dirs
 from tests.http_receiver import Receiver
 from tests.media_check import decode_to_end, ffprobe
 
@@ -41,22 +41,6 @@ SCRIPT = SimScript(
         SimAnchor(user_id="guest", join=0.2, leave=PUBLISH_SECONDS, tone_hz=660),
     ]
 )
-
-
-@dataclass
-class Dirs:
-    work: Path
-    storage: Path
-
-
-@pytest.fixture
-def dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prefect_api: None) -> Iterator[Dirs]:
-    found = Dirs(tmp_path / "work", tmp_path / "recordings")
-    monkeypatch.delenv("CFS_PATH", raising=False)
-    monkeypatch.setenv("RECORDER_WORK_DIR", str(found.work))
-    monkeypatch.setenv("RECORDER_STORAGE_DIR", str(found.storage))
-    monkeypatch.setenv("RECORDER_POLL_SECONDS", "0.2")
-    yield found
 
 
 def _wait_for(what: str, check: Callable[[], T | None], timeout: float, every: float = 0.2) -> T:
