@@ -99,33 +99,33 @@ def _watch_room(
     watcher = RoomWatcher(room, request.MaxIdleTime)
     pipelines: dict[str, AnchorPipeline] = {}
     ended: set[str] = set()  # takes whose recording ended (told to the watcher once)
-    stop = _StopRequests()
-    deadline = time.monotonic() + max_seconds if max_seconds else None
-    while True:
-        step = watcher.step()
-        if step.stop_reason is None:
-            if stop.requested():
-                step.stop_reason = STOPPED_ON_REQUEST
-            elif deadline is not None and time.monotonic() >= deadline:
-                step.stop_reason = f"the scheduled {max_seconds} s ended"
-            if step.stop_reason is not None:
-                # The recordings end now too: each record task looks for the workspace's stop.
-                workspace.request_stop(step.stop_reason)
-                step.start = []
-        for anchor in step.start:
-            take = Take(anchor=anchor, started_at=datetime.now(UTC), stream_url=room.stream_url(anchor))
-            workspace.add(take)
-            pipelines[take.name] = _start(session, take, request.CosConfig, settings)
-            logger.info("anchor %s is publishing: recording started", anchor)
-        for name, pipeline in pipelines.items():
-            if name not in ended and pipeline.recorded.state.is_final():
-                ended.add(name)
-                watcher.finished(pipeline.take.anchor)
-        if step.stop_reason:
-            workspace.close(step.stop_reason)
-            logger.info("recording ends: %s", step.stop_reason)
-            return pipelines
-        time.sleep(settings.poll_seconds)
+    with _StopRequests() as stop:
+        deadline = time.monotonic() + max_seconds if max_seconds else None
+        while True:
+            step = watcher.step()
+            if step.stop_reason is None:
+                if stop.requested():
+                    step.stop_reason = STOPPED_ON_REQUEST
+                elif deadline is not None and time.monotonic() >= deadline:
+                    step.stop_reason = f"the scheduled {max_seconds} s ended"
+                if step.stop_reason is not None:
+                    # The recordings end now too: each record task looks for the workspace's stop.
+                    workspace.request_stop(step.stop_reason)
+                    step.start = []
+            for anchor in step.start:
+                take = Take(anchor=anchor, started_at=datetime.now(UTC), stream_url=room.stream_url(anchor))
+                workspace.add(take)
+                pipelines[take.name] = _start(session, take, request.CosConfig, settings)
+                logger.info("anchor %s is publishing: recording started", anchor)
+            for name, pipeline in pipelines.items():
+                if name not in ended and pipeline.recorded.state.is_final():
+                    ended.add(name)
+                    watcher.finished(pipeline.take.anchor)
+            if step.stop_reason:
+                workspace.close(step.stop_reason)
+                logger.info("recording ends: %s", step.stop_reason)
+                return pipelines
+            time.sleep(settings.poll_seconds)
 
 
 class _StopRequests:
@@ -136,14 +136,22 @@ class _StopRequests:
         run_id = flow_run.get_id()
         self._run_id = UUID(run_id) if run_id else None
         self._next_look = 0.0
+        # One client for the whole watch, not one per look (an hour is 3600 looks).
+        self._client = get_client(sync_client=True)
+
+    def __enter__(self) -> _StopRequests:
+        self._client.__enter__()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._client.__exit__(None, None, None)
 
     def requested(self) -> bool:
         if self._run_id is None or time.monotonic() < self._next_look:
             return False
         self._next_look = time.monotonic() + 1.0
         try:
-            with get_client(sync_client=True) as client:
-                return stop_requested(client, self._run_id)
+            return stop_requested(self._client, self._run_id)
         # A blip of the API must not end an hours-long recording: ask again next second.
         except Exception as exc:
             get_run_logger().warning("could not check for a stop request: %s", exc)
