@@ -7,6 +7,7 @@ segment muxer cuts on keyframes and lists each finished segment in `segments.csv
 
 from __future__ import annotations
 
+import errno
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -138,6 +139,11 @@ def _copy_packets(
     except (av.FFmpegError, OSError) as exc:
         if report.packets == 0:
             return f"read failed: {_reason(exc)}"
+        if exc.errno == errno.EIO:
+            # How FFmpeg's RTMP reader sees the server close the stream: nginx-rtmp does so
+            # when the publisher (a TRTC relay) leaves. A failing network says ECONNRESET or
+            # ETIMEDOUT instead, or goes silent.
+            return "the stream ended (the server closed it)"
         return f"the stream broke off: {_reason(exc)}"
     return "the stream ended"
 
