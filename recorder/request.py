@@ -27,6 +27,8 @@ from pydantic import (
 ROOM_ID_MAX = 4294967294
 STR_ROOM_ID_CHARS = re.compile(r"^[A-Za-z0-9 !#$%&()+\-:;<=.>?@\[\]^_{}|~,]+$")
 USER_ID_CHARS = re.compile(r"^[A-Za-z0-9_\-]+$")
+# TRTC lets at most 50 anchors publish in one room at once.
+MAX_ANCHORS = 50
 # COS: BucketName-APPID, lowercase letters, digits and '-', at most 50 characters.
 BUCKET_FORM = re.compile(r"^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?-[0-9]+$")
 REGION_FORM = re.compile(r"^[a-z]+(?:-[a-z0-9]+)+$")
@@ -111,6 +113,8 @@ class RecordingRequest(BaseModel):
     Mode: RecordMode = "00"
     # Beyond the original: how long the room may have no anchor before recording ends.
     MaxIdleTime: Annotated[int, Field(ge=1, le=86400, strict=True)] = 300
+    # Beyond the original: record only these anchors (UserIds); absent, every anchor.
+    Anchors: list[str] | None = None
 
     @field_validator("StrRoomId")
     @classmethod
@@ -137,6 +141,21 @@ class RecordingRequest(BaseModel):
             raise ValueError("must not be empty")
         return v
 
+    @field_validator("Anchors")
+    @classmethod
+    def _anchors(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return None
+        if not 1 <= len(v) <= MAX_ANCHORS:
+            raise ValueError(f"must list 1 to {MAX_ANCHORS} UserIds (leave it out to record every anchor)")
+        for user in v:
+            if not user or _utf8_len(user) > 32 or not USER_ID_CHARS.fullmatch(user):
+                shown = repr(user) if len(user) <= 40 else repr(user[:40] + "…")
+                raise ValueError(f"{shown} is not a UserId: 1 to 32 letters, digits, '_' or '-'")
+        if len(set(v)) != len(v):
+            raise ValueError("lists a UserId twice")
+        return v
+
     @model_validator(mode="after")
     def _one_room(self) -> RecordingRequest:
         if self.RoomId is None and self.StrRoomId is None:
@@ -149,6 +168,11 @@ class RecordingRequest(BaseModel):
     def room(self) -> str:
         """The room as TRTC names it: RoomId wins when both are given."""
         return str(self.RoomId) if self.RoomId is not None else str(self.StrRoomId)
+
+    @property
+    def room_id(self) -> int | str:
+        """The room with its kind: an integer room (RoomId) or a string room (StrRoomId)."""
+        return self.RoomId if self.RoomId is not None else str(self.StrRoomId)
 
     def public_dict(self) -> dict[str, Any]:
         """The request without secrets: safe for logs, Prefect parameters and artifacts."""

@@ -7,7 +7,7 @@ which anchors need a new recording and whether the room is over for the recorder
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from recorder.rooms.base import Room
@@ -25,8 +25,12 @@ class RoomWatcher:
         room: Room,
         max_idle_seconds: float,
         clock: Callable[[], float] = time.monotonic,
+        anchors: Iterable[str] | None = None,
     ) -> None:
         self._room = room
+        # The request's Anchors: only they are recorded, and only they keep the room alive
+        # (others on air do not hold a recording open that would record nobody).
+        self._wanted = frozenset(anchors) if anchors is not None else None
         self._max_idle = max_idle_seconds
         self._clock = clock
         self._last_activity = clock()
@@ -42,6 +46,8 @@ class RoomWatcher:
         if self._room.ended():
             return WatchStep(stop_reason="the room was dismissed")
         publishing = self._room.publishers()
+        if self._wanted is not None:
+            publishing = publishing & self._wanted
         now = self._clock()
         if publishing or self._recording:
             self._last_activity = now

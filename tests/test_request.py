@@ -161,6 +161,13 @@ INVALID = [
     pytest.param(changed(("Callback", "not a url")), "Callback:", URL_RULE, id="callback-not-url"),
     pytest.param(changed(("MaxIdleTime", 0)), "MaxIdleTime:", IDLE_RULE, id="maxidletime-zero"),
     pytest.param(changed(("MaxIdleTime", "abc")), "MaxIdleTime:", IDLE_RULE, id="maxidletime-string"),
+    pytest.param(changed(("Anchors", [])), "Anchors:", "must list 1 to 50 UserIds", id="anchors-empty"),
+    pytest.param(changed(("Anchors", ["a"] * 51)), "Anchors:", "must list 1 to 50 UserIds", id="anchors-51"),
+    pytest.param(
+        changed(("Anchors", ["ok", "bad id"])), "Anchors:", "'bad id' is not a UserId", id="anchors-bad"
+    ),
+    pytest.param(changed(("Anchors", ["t", "t"])), "Anchors:", "lists a UserId twice", id="anchors-twice"),
+    pytest.param(changed(("Anchors", "teacher")), "Anchors:", "list", id="anchors-not-a-list"),
     pytest.param(
         changed(("Roomid", 1234)),
         "Roomid:",
@@ -377,3 +384,11 @@ def test_text_holding_a_secret_is_never_echoed(data: Any) -> None:
     with pytest.raises(RequestError) as info:
         parse_request(data)
     assert_no_secret(str(info.value))
+
+
+def test_anchors_are_kept_in_order_and_room_id_keeps_its_kind() -> None:
+    request = parse_request(changed(("Anchors", ["teacher", "student_1"])))
+    assert request.Anchors == ["teacher", "student_1"]
+    assert request.room_id == request.RoomId and isinstance(request.room_id, int)
+    by_name = parse_request(changed(("RoomId", MISSING), ("StrRoomId", "1234")))
+    assert by_name.room_id == "1234"  # a string room, not integer room 1234

@@ -225,3 +225,17 @@ def test_dismissal_while_recording_stops_at_once(
     reason = watcher.step().stop_reason
     assert reason is not None
     assert "dismissed" in reason
+
+
+def test_only_the_listed_anchors_are_recorded_and_keep_the_room_going(
+    room: ScriptedRoom, clock: FakeClock
+) -> None:
+    watcher = RoomWatcher(room, MAX_IDLE, clock=clock, anchors=["teacher"])
+    room.publishing = {"teacher", "visitor"}
+    assert watcher.step().start == ["teacher"]
+    watcher.finished("teacher")
+    room.publishing = {"visitor"}  # someone not listed stays on air
+    clock.advance(MAX_IDLE)
+    step = watcher.step()
+    assert step.start == []
+    assert step.stop_reason == f"no anchor in the room for {MAX_IDLE:g} s"
