@@ -6,9 +6,13 @@ function), in front of Prefect.
         original's x-scf-reqid). JSON instead when the client accepts only JSON.
     GET  /recordings/{id}             state, and the result document once there is one
     POST /recordings/{id}/stop        end the recording now; the files are still delivered
+    POST /trtc/callback               TRTC's room and media callbacks: each room's roster (who
+        is an anchor, dismissed, removed) in a Prefect Variable the recordings read. No API
+        key (TRTC cannot send one): the Sign header, HMAC-SHA256 of the body under
+        RECORDER_TRTC_CALLBACK_KEY, is the authentication
     GET  /health                      liveness, no key needed
 
-With RECORDER_API_KEYS set, every other call needs one of them, as
+With RECORDER_API_KEYS set, every call but /health and /trtc/callback needs one of them, as
 `Authorization: Bearer KEY` or `X-Api-Key: KEY`; `recorder serve` refuses to listen beyond
 loopback without keys.
 """
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -25,12 +30,19 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prefect import get_client
 from prefect.exceptions import ObjectNotFound
 
+from flows.room_roster import record_room_event
 from flows.runs import RunFinishedError, read_recording, request_stop, start_recording
 from recorder.request import RequestError, parse_request
+from recorder.room_events import ROSTER_EVENTS, parse_room_event, verify_callback_sign
 from recorder.settings import RecorderSettings
+
+log = logging.getLogger(__name__)
 
 SUBMITTED = "Async run task submitted"
 REQUEST_ID_HEADER = "x-request-id"
+TRTC_CALLBACK_PATH = "/trtc/callback"
+# TRTC's callbacks are well under 1 KB; the endpoint is open, so it reads no more than this.
+MAX_CALLBACK_BYTES = 64 * 1024
 
 
 def _api_keys(settings: RecorderSettings) -> list[bytes]:
@@ -111,7 +123,59 @@ def create_app(settings: RecorderSettings | None = None) -> FastAPI:
                 raise HTTPException(409, str(exc)) from None
         return {"RequestId": str(run_id), "State": state, "Message": "stopping: the files will be delivered"}
 
+    @app.post(TRTC_CALLBACK_PATH)
+    async def trtc_callback(request: Request) -> dict[str, Any]:
+        # TRTC wants HTTP 200 (its body is ignored; {"code": 0} is its suggestion) within 5 s,
+        # and retries anything else for a minute.
+        key = settings.trtc_callback_key
+        # An empty key would let anyone sign: the same as none.
+        if key is None or not key.get_secret_value():
+            raise HTTPException(
+                503,
+                "TRTC callbacks are not accepted: set RECORDER_TRTC_CALLBACK_KEY (the callback key "
+                "of the TRTC console)",
+            )
+        body = await _read_limited(request, MAX_CALLBACK_BYTES)
+        if not verify_callback_sign(body, request.headers.get("sign"), key):
+            log.warning("TRTC callback refused: missing or wrong Sign")
+            raise HTTPException(401, "missing or wrong Sign")
+        app_id = _sdk_app_id(request.headers.get("sdkappid"))
+        if app_id is None:
+            raise HTTPException(400, "the SdkAppId header must be the application's id, an integer")
+        try:
+            event = parse_room_event(body)
+        except ValueError as exc:
+            raise HTTPException(400, str(exc)) from None
+        if event.EventType not in ROSTER_EVENTS:
+            return {"code": 0, "EventType": event.EventType, "Recorded": False}
+        async with get_client() as client:
+            await record_room_event(client, app_id, event)
+        return {"code": 0, "EventType": event.EventType, "Recorded": True}
+
     return app
+
+
+def _sdk_app_id(header: str | None) -> int | None:
+    """The SdkAppId header as an integer (1 to 4294967295, as a request's), else None."""
+    if header is None or not header.isascii() or not header.isdigit() or len(header) > 10:
+        return None
+    value = int(header)
+    return value if 1 <= value <= 4294967295 else None
+
+
+async def _read_limited(request: Request, limit: int) -> bytes:
+    """The body, or 413 once it is longer than `limit` (without reading the rest)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise HTTPException(413, f"a TRTC callback is at most {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HTTPException(413, f"a TRTC callback is at most {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _wants_json(request: Request) -> bool:
