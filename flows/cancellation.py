@@ -17,6 +17,7 @@ from flows.runs import publish_result
 from recorder.callback import CallbackError, post_result
 from recorder.request import RecordingRequest
 from recorder.result import ResultDocument
+from recorder.rooms.trtc import RELAYS_FILE, stop_relays
 from recorder.salvage import deliver_takes
 from recorder.sealing import unseal_secrets
 from recorder.settings import RecorderSettings
@@ -39,6 +40,10 @@ def deliver_after_cancellation(flow: Flow[..., Any], flow_run: FlowRun, state: S
     workspace.request_stop(CANCELLED)
     if workspace.closed_reason() is None:
         workspace.close(CANCELLED)
+    relays = workspace.root / RELAYS_FILE
+    if relays.exists():
+        for problem in stop_relays(settings, request.SdkAppId, relays):
+            logger.error("TRTC relay not stopped: %s", problem)
     entries = deliver_takes(workspace, request, settings, CANCELLED)
     document = ResultDocument.for_request(request, entries)
     logger.info(

@@ -18,14 +18,17 @@ from prefect.states import Failed, State
 from prefect.tasks import exponential_backoff
 
 from flows.cancellation import deliver_after_cancellation
+from flows.room_roster import read_roster
 from flows.runs import publish_result, stop_requested
 from recorder.media.transcode import TranscodeReport
 from recorder.outcome import StepFailure, file_entry
 from recorder.recording import Recording
 from recorder.request import CosLocation, RecordingRequest
 from recorder.result import FileEntry, ResultDocument
+from recorder.room_events import RoomRoster
 from recorder.room_watch import RoomWatcher
 from recorder.rooms import open_room
+from recorder.rooms.trtc import RELAYS_FILE, TrtcRoom
 from recorder.sealing import unseal_secrets
 from recorder.settings import RecorderSettings
 from recorder.storage import STORAGE_LABELS, StorageError
@@ -34,12 +37,14 @@ from tasks.callback import send_callback
 from tasks.cleanup import cleanup
 from tasks.join import join
 from tasks.record import record
+from tasks.relays import release_relays
 from tasks.session import RoomSession
 from tasks.transcode import transcode_recording
 from tasks.upload import upload
 
 T = TypeVar("T")
 STOPPED_ON_REQUEST = "stopped on request"
+TRTC_IDLE_FALLBACK_SECONDS = 10
 
 
 @dataclass
@@ -92,19 +97,34 @@ def _watch_room(
     workspace: Workspace,
     settings: RecorderSettings,
     max_seconds: int | None,
-) -> dict[str, AnchorPipeline]:
-    """Start a pipeline for every anchor who publishes, until the room is over for us."""
+) -> tuple[dict[str, AnchorPipeline], dict[str, str]]:
+    """Start a pipeline for every anchor who publishes, until the room is over for us; the
+    pipelines, and the anchors that could not be recorded with why."""
     logger = get_run_logger()
-    room = open_room(settings, session.sdk_app_id, session.room)
-    watcher = RoomWatcher(room, request.MaxIdleTime)
+    room = open_room(
+        settings,
+        session.sdk_app_id,
+        session.room,
+        request=request,
+        relay_journal=session.run_dir / RELAYS_FILE,
+    )
+    idle = request.MaxIdleTime
+    if isinstance(room, TrtcRoom):
+        # TRTC's robots wait MaxIdleTime too, then the emptied room is dismissed and the
+        # callback says so; the run's own idle rule is the fallback when no callback comes.
+        idle += TRTC_IDLE_FALLBACK_SECONDS
+    watcher = RoomWatcher(room, idle, anchors=request.Anchors)
     pipelines: dict[str, AnchorPipeline] = {}
     ended: set[str] = set()  # takes whose recording ended (told to the watcher once)
-    with _StopRequests() as stop:
+    with _RunSignals(request if isinstance(room, TrtcRoom) else None) as signals:
         deadline = time.monotonic() + max_seconds if max_seconds else None
         while True:
+            roster = signals.roster()
+            if roster is not None and isinstance(room, TrtcRoom):
+                room.update_roster(roster)
             step = watcher.step()
             if step.stop_reason is None:
-                if stop.requested():
+                if signals.stop_requested():
                     step.stop_reason = STOPPED_ON_REQUEST
                 elif deadline is not None and time.monotonic() >= deadline:
                     step.stop_reason = f"the scheduled {max_seconds} s ended"
@@ -124,38 +144,54 @@ def _watch_room(
             if step.stop_reason:
                 workspace.close(step.stop_reason)
                 logger.info("recording ends: %s", step.stop_reason)
-                return pipelines
+                failures = room.failures() if isinstance(room, TrtcRoom) else {}
+                return pipelines, failures
             time.sleep(settings.poll_seconds)
 
 
-class _StopRequests:
-    """Has someone asked this run to stop (the gateway's POST /recordings/{id}/stop tags
-    the flow run)? Asks the Prefect API at most once a second."""
+class _RunSignals:
+    """What reaches a running run from outside, asked at most once a second: has someone
+    asked it to stop (the gateway's POST /recordings/{id}/stop tags the flow run), and what
+    TRTC's room callbacks said about the room (a roster the gateway keeps in a Variable)."""
 
-    def __init__(self) -> None:
+    def __init__(self, roster_of: RecordingRequest | None) -> None:
         run_id = flow_run.get_id()
         self._run_id = UUID(run_id) if run_id else None
-        self._next_look = 0.0
+        self._roster_of = roster_of
+        self._next_stop_look = 0.0
+        self._next_roster_look = 0.0
         # One client for the whole watch, not one per look (an hour is 3600 looks).
         self._client = get_client(sync_client=True)
 
-    def __enter__(self) -> _StopRequests:
+    def __enter__(self) -> _RunSignals:
         self._client.__enter__()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self._client.__exit__(None, None, None)
 
-    def requested(self) -> bool:
-        if self._run_id is None or time.monotonic() < self._next_look:
+    def stop_requested(self) -> bool:
+        if self._run_id is None or time.monotonic() < self._next_stop_look:
             return False
-        self._next_look = time.monotonic() + 1.0
+        self._next_stop_look = time.monotonic() + 1.0
         try:
             return stop_requested(self._client, self._run_id)
         # A blip of the API must not end an hours-long recording: ask again next second.
         except Exception as exc:
             get_run_logger().warning("could not check for a stop request: %s", exc)
             return False
+
+    def roster(self) -> RoomRoster | None:
+        """The room's roster, when it is time to look again; None otherwise."""
+        request = self._roster_of
+        if request is None or time.monotonic() < self._next_roster_look:
+            return None
+        self._next_roster_look = time.monotonic() + 1.0
+        try:
+            return read_roster(self._client, request.SdkAppId, request.room_id)
+        except Exception as exc:
+            get_run_logger().warning("could not read the room's callbacks: %s", exc)
+            return None
 
 
 @flow(name="record-room", on_cancellation=[deliver_after_cancellation])
@@ -181,19 +217,31 @@ def record_room(
     session = joined.result()
     workspace = Workspace(run_dir)
 
-    if workspace.closed_reason() is None:
-        pipelines = _watch_room(request, session, workspace, settings, max_seconds)
-    else:
-        # A retried run: the room ended before; deliver the takes the journal lists.
-        logger.info("room closed earlier (%s): finishing its recordings", workspace.closed_reason())
-        pipelines = {}
+    failures: dict[str, str] = {}
+    try:
+        if workspace.closed_reason() is None:
+            pipelines, failures = _watch_room(request, session, workspace, settings, max_seconds)
+        else:
+            # A retried run: the room ended before; deliver the takes the journal lists.
+            logger.info("room closed earlier (%s): finishing its recordings", workspace.closed_reason())
+            pipelines = {}
+    finally:
+        # The relays end with the watch, also when it failed: the recordings are on disk.
+        if session.backend == "trtc":
+            release_relays(session, return_state=True)
     for take in workspace.takes():
         if take.name not in pipelines:
             pipelines[take.name] = _start(session, take, request.CosConfig, settings)
     ordered = sorted(pipelines.values(), key=lambda p: (p.take.started_at, p.take.anchor))
     wait([p.stored for p in ordered])
 
-    document = ResultDocument.for_request(request, [p.entry() for p in ordered])
+    recorded = {p.take.anchor for p in ordered}
+    refused = [
+        FileEntry(UserId=anchor, RecordFile="", Status=0, Message=message)
+        for anchor, message in sorted(failures.items())
+        if anchor not in recorded
+    ]
+    document = ResultDocument.for_request(request, [p.entry() for p in ordered] + refused)
     problems = [f"{f.UserId}: {f.Message}" for f in document.failed]
     undelivered = _report(request, document)
     problems += undelivered
@@ -213,8 +261,15 @@ def _storage_refused(
     Status 0 with the reason, and the callback says so at once rather than after the room."""
     message = f"write to {STORAGE_LABELS[settings.storage]} failed: {error}; nothing was recorded"
     try:
-        room = open_room(settings, request.SdkAppId, request.room)
-        anchors = sorted(room.publishers())
+        if settings.room_backend == "trtc":
+            # Asking a TRTC room who publishes would start relays: the request and the room
+            # callbacks know who is there.
+            with get_client(sync_client=True) as client:
+                roster = read_roster(client, request.SdkAppId, request.room_id)
+            anchors = sorted(request.Anchors or roster.anchors)
+        else:
+            room = open_room(settings, request.SdkAppId, request.room)
+            anchors = sorted(room.publishers())
     except Exception:  # the room is beside the point here: report the storage failure anyway
         anchors = []
     files = [FileEntry(UserId=anchor, RecordFile="", Status=0, Message=message) for anchor in anchors]

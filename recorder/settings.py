@@ -20,7 +20,7 @@ class RecorderSettings(BaseSettings):
     work_dir: Path = Path("work")
     # Where the local storage backend keeps finished files.
     storage_dir: Path = Path("recordings")
-    room_backend: Literal["sim", "rtmp"] = "sim"
+    room_backend: Literal["sim", "rtmp", "trtc"] = "sim"
     # A simulated room served by another process (`recorder sim-room`), e.g. for a worker:
     # its control URL, http://127.0.0.1:PORT. Unset: rooms of this process only.
     sim_room_url: str | None = None
@@ -31,6 +31,32 @@ class RecorderSettings(BaseSettings):
     # Makes stream names unguessable (a per-anchor key in the stream name), so only the
     # relay told the name can publish it.
     rtmp_stream_secret: SecretStr | None = None
+    # The `trtc` backend: TRTC relays each anchor (StartPublishCdnStream, no transcoding) to
+    # an RTMP ingest, where the recorder pulls it as the `rtmp` backend does (rtmp_url,
+    # rtmp_stat_url, rtmp_stream_secret). The API: region, endpoint (a private or test
+    # endpoint; default TRTC's own), and the API keys: these, else TENCENTCLOUD_SECRETID /
+    # TENCENTCLOUD_SECRETKEY (+ TENCENTCLOUD_SESSIONTOKEN) from the environment.
+    trtc_region: str = "ap-guangzhou"
+    trtc_endpoint: str | None = None
+    trtc_scheme: Literal["https", "http"] = "https"
+    trtc_secret_id: str | None = None
+    trtc_secret_key: SecretStr | None = None
+    # The application's SDK secret key (TRTC console): signs the UserSigs of the extra relay
+    # robots a room with several anchors needs (TRTC allows one relay per robot UserId).
+    trtc_sdk_secret_key: SecretStr | None = None
+    # Verifies TRTC's room and media callbacks (the callback key of the TRTC console).
+    trtc_callback_key: SecretStr | None = None
+    # Where relays push: 0 = your own ingest (rtmp_url), 1 = Tencent CDN, pushing to
+    # trtc_publish_url and pulling from trtc_play_url ("{stream}" is the stream name).
+    trtc_is_tencent_cdn: Literal[0, 1] = 0
+    trtc_publish_url: str | None = None
+    trtc_play_url: str | None = None
+    # Which stream of each anchor: 0 camera, 1 screen sharing.
+    trtc_stream_type: Literal[0, 1] = 0
+    # AudioParams of every relay (TRTC always re-encodes relayed audio; AAC-LC).
+    trtc_audio_sample_rate: Literal[48000, 44100, 32000, 24000, 16000, 8000] = 48000
+    trtc_audio_channels: Literal[1, 2] = 2
+    trtc_audio_kbps: int = Field(default=64, ge=8, le=500)
     # Recording pieces: one MPEG-TS segment about every this many seconds.
     segment_seconds: float = Field(default=6.0, gt=0)
     # A stream that delivers nothing for this long has ended (a relay's end looks like this).

@@ -19,7 +19,7 @@ def join(request: RecordingRequest, run_dir: Path) -> RoomSession:
     Both checks fail in seconds: a bad bucket or key must not surface after an hour of
     recording. A StorageError here means nothing was recorded."""
     settings = RecorderSettings()
-    open_room(settings, request.SdkAppId, request.room)
+    open_room(settings, request.SdkAppId, request.room, request=request)
     open_storage(settings, request.CosConfig).check_writable()
     run_dir.mkdir(parents=True, exist_ok=True)
     get_run_logger().info(
