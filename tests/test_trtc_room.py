@@ -14,7 +14,7 @@ from pydantic import SecretStr
 
 from recorder.request import RecordingRequest
 from recorder.room_events import RoomRoster
-from recorder.rooms import open_room
+from recorder.rooms import RoomNotFoundError, open_room
 from recorder.rooms.sim_script import SimAnchor, SimScript
 from recorder.rooms.trtc import RelayJournal, TrtcRoom, stop_relays
 from recorder.settings import RecorderSettings
@@ -226,3 +226,30 @@ def test_a_relay_whose_robot_gave_up_waiting_is_replaced_while_the_anchor_is_wan
         assert relays[1].agent == USER_SIG_OWNER  # the same robot, free again
         room.close()
         assert relays[1].stopped
+
+
+def test_tencent_cdn_relays_push_and_play_by_template_and_on_air_comes_from_the_callbacks(
+    trtc: TrtcStandIn, nginx: NginxRtmp
+) -> None:
+    trtc.add_room("3008", SimScript(anchors=[SimAnchor(user_id="teacher", leave=60)]))
+    settings = settings_for(
+        trtc,
+        nginx,
+        trtc_is_tencent_cdn=1,
+        # nginx stands in for the CDN's push and play domains.
+        trtc_publish_url=f"{nginx.rtmp_url}/{{stream}}",
+        trtc_play_url=f"{nginx.rtmp_url}/{{stream}}",
+    )
+    room = TrtcRoom(request_for(3008), settings).check()
+    room.update_roster(roster({"teacher": 1}))
+    assert room.publishers() == {"teacher"}  # the callbacks say so; no statistics page is read
+    [start] = [c for c in trtc.calls if c.action == "StartPublishCdnStream"]
+    [target] = start.params["PublishCdnParams"]
+    assert target["IsTencentCdn"] == 1 and target["PublishCdnUrl"] == room.stream_url("teacher")
+    room.update_roster(roster())  # 104: the anchor left
+    assert room.publishers() == set()
+    room.close()
+
+    no_play_url = settings.model_copy(update={"trtc_play_url": None})
+    with pytest.raises(RoomNotFoundError, match="RECORDER_TRTC_PLAY_URL"):
+        TrtcRoom(request_for(3008), no_play_url).check()
