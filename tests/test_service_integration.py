@@ -6,9 +6,6 @@ comes out at the callback."""
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -27,8 +24,9 @@ from recorder.rooms.sim import SimRoom
 from recorder.rooms.sim_script import SimAnchor, SimScript
 from recorder.sealing import new_service_key
 from tests.cos_endpoint import CosEndpoint
+from tests.gateway_process import free_port, gateway_process
 from tests.http_receiver import Received, Receiver
-from tests.prefect_service import REPO_ROOT, PrefectService
+from tests.prefect_service import PrefectService
 
 USER_SIG = "eJwtzNEKgkAUBNB-2efQ3e3eUqG3tMCKJJEIIxxxxx-INTEGRATION-NEVER-STORE"
 SECRET_KEY = "cos-key-INTEGRATION-NEVER-STORE-77e2"
@@ -48,12 +46,6 @@ class Service:
     callbacks: Receiver
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def _wait(what: str, check: Callable[[], Any], seconds: float, service: PrefectService) -> Any:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -66,7 +58,7 @@ def _wait(what: str, check: Callable[[], Any], seconds: float, service: PrefectS
 
 # One room per test, each served on its own port by this process: the worker's flow
 # processes reach them through RECORDER_SIM_ROOM_URL, so the port is fixed up front.
-ROOM_PORT = _free_port()
+ROOM_PORT = free_port()
 
 
 @pytest.fixture(scope="module")
@@ -89,33 +81,10 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
             "RECORDER_COS_REQUEST_RETRIES": "1",
         }
         with PrefectService(home / "prefect", worker_env) as prefect:
-            port = _free_port()
             gateway_log = home / "gateway.log"
-            env = prefect.env() | {"RECORDER_SERVICE_KEY": service_key, "RECORDER_API_KEYS": API_KEY}
-            with gateway_log.open("wb") as log:
-                gateway = subprocess.Popen(
-                    [sys.executable, "-m", "flows.cli", "serve", "--port", str(port)],
-                    cwd=REPO_ROOT,
-                    env=env,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
-                try:
-                    with httpx.Client(
-                        base_url=f"http://127.0.0.1:{port}", headers={"X-Api-Key": API_KEY}, timeout=30
-                    ) as client:
-                        _wait("the gateway", lambda: _healthy(client), 60, prefect)
-                        yield Service(prefect, client, gateway_log, cos, callbacks)
-                finally:
-                    gateway.terminate()
-                    gateway.wait(timeout=15)
-
-
-def _healthy(client: httpx.Client) -> bool:
-    try:
-        return client.get("/health").status_code == 200
-    except httpx.TransportError:
-        return False
+            env = {"RECORDER_SERVICE_KEY": service_key, "RECORDER_API_KEYS": API_KEY}
+            with gateway_process(prefect, gateway_log, env, headers={"X-Api-Key": API_KEY}) as client:
+                yield Service(prefect, client, gateway_log, cos, callbacks)
 
 
 def _sample_request(room_id: int, callback: str) -> dict[str, Any]:

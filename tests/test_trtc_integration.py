@@ -12,9 +12,7 @@ files."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -35,9 +33,10 @@ from recorder.result import ResultDocument
 from recorder.rooms.sim_script import SimAnchor, SimScript
 from recorder.sealing import new_service_key
 from recorder.usersig import generate_usersig
+from tests.gateway_process import free_port, gateway_process
 from tests.http_receiver import Received, Receiver
 from tests.nginx_rtmp import NginxRtmp
-from tests.prefect_service import REPO_ROOT, PrefectService
+from tests.prefect_service import PrefectService
 from tests.trtc_standin import TrtcStandIn
 
 APP = 1400000000
@@ -50,12 +49,6 @@ USER_SIG = generate_usersig(APP, SDK_KEY, RECORDER)
 WAIT_SECONDS = 150.0
 
 pytestmark = pytest.mark.timeout(600)
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass
@@ -89,7 +82,7 @@ class Service:
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     home = tmp_path_factory.mktemp("trtc-service")
     service_key = new_service_key()
-    gateway_port = _free_port()
+    gateway_port = free_port()
     with (
         NginxRtmp(home / "nginx") as nginx,
         Receiver() as callbacks,
@@ -119,33 +112,9 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
         }
         with PrefectService(home / "prefect", worker_env) as prefect:
             gateway_log = home / "gateway.log"
-            env = prefect.env() | {
-                "RECORDER_SERVICE_KEY": service_key,
-                "RECORDER_TRTC_CALLBACK_KEY": CALLBACK_KEY,
-            }
-            with gateway_log.open("wb") as log:
-                gateway = subprocess.Popen(
-                    [sys.executable, "-m", "flows.cli", "serve", "--port", str(gateway_port)],
-                    cwd=REPO_ROOT,
-                    env=env,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
-                try:
-                    with httpx.Client(base_url=f"http://127.0.0.1:{gateway_port}", timeout=30) as client:
-                        found = Service(prefect, client, gateway_log, trtc, nginx, callbacks)
-                        found.wait("the gateway", lambda: _healthy(client), 60)
-                        yield found
-                finally:
-                    gateway.terminate()
-                    gateway.wait(timeout=15)
-
-
-def _healthy(client: httpx.Client) -> bool:
-    try:
-        return client.get("/health").status_code == 200
-    except httpx.TransportError:
-        return False
+            env = {"RECORDER_SERVICE_KEY": service_key, "RECORDER_TRTC_CALLBACK_KEY": CALLBACK_KEY}
+            with gateway_process(prefect, gateway_log, env, port=gateway_port) as client:
+                yield Service(prefect, client, gateway_log, trtc, nginx, callbacks)
 
 
 def _sample_request(room: dict[str, Any], callback: str, **extra: Any) -> dict[str, Any]:
