@@ -66,6 +66,10 @@ class RecorderSettings(BaseSettings):
     callback_attempts: int = Field(default=4, ge=1)
     callback_timeout_seconds: float = Field(default=10.0, gt=0)
     callback_backoff_seconds: float = Field(default=1.0, ge=0)
+    # All attempts of one callback end within this many seconds (the backoff is cut short).
+    callback_deadline_seconds: float = Field(default=120.0, gt=0)
+    # Signs every callback (HMAC-SHA256 of the body) so its receiver can verify it.
+    callback_key: SecretStr | None = None
 
     # Where finished files go: "local" (storage_dir, the default: no account needed) or
     # "cos" (the request's CosConfig: bucket, region and Path).
