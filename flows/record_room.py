@@ -17,12 +17,13 @@ from prefect.runtime import flow_run
 from prefect.states import Failed, State
 from prefect.tasks import exponential_backoff
 
-from flows.cancellation import deliver_after_cancellation
+from flows.interrupted import deliver_after_cancellation, deliver_after_crash
 from flows.room_roster import read_roster
 from flows.runs import publish_result, stop_requested
 from recorder.media.transcode import TranscodeReport
 from recorder.outcome import StepFailure, file_entry
 from recorder.recording import Recording
+from recorder.recovery import forget_report, mark_reported, write_run_record
 from recorder.request import CosLocation, RecordingRequest
 from recorder.result import FileEntry, ResultDocument
 from recorder.room_events import RoomRoster
@@ -194,7 +195,7 @@ class _RunSignals:
             return None
 
 
-@flow(name="record-room", on_cancellation=[deliver_after_cancellation])
+@flow(name="record-room", on_cancellation=[deliver_after_cancellation], on_crashed=[deliver_after_crash])
 def record_room(
     request: RecordingRequest, sealed_secrets: str | None = None, max_seconds: int | None = None
 ) -> ResultDocument | State[ResultDocument]:
@@ -216,6 +217,10 @@ def record_room(
         raise error if isinstance(error, BaseException) else RuntimeError(joined.message)
     session = joined.result()
     workspace = Workspace(run_dir)
+    # Who records this run, and what: `recover-recordings` finishes it from disk if this
+    # process dies. A new attempt of the run reports anew.
+    write_run_record(run_dir, flow_run.get_id() or run_dir.name, request, sealed_secrets)
+    forget_report(run_dir)
 
     failures: dict[str, str] = {}
     try:
@@ -246,6 +251,8 @@ def record_room(
     undelivered = _report(request, document)
     problems += undelivered
     delivered = not undelivered
+    if delivered:
+        mark_reported(run_dir, "the run reported its result")
     stored = [p.take for p in ordered if p.stored.state.is_completed()]
     cleanup(session, stored, delivered)
 

@@ -84,6 +84,14 @@ def usersig(args: argparse.Namespace) -> int:
     return 0
 
 
+def recover(args: argparse.Namespace) -> int:
+    from flows.recover import recover_recordings
+
+    finished = recover_recordings()
+    print(f"recovered {len(finished)} recording(s)", *finished, sep="\n  " if finished else "")
+    return 0
+
+
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     served = commands.add_parser(
         "serve",
@@ -115,3 +123,11 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--expire", type=int, default=DEFAULT_EXPIRE_SECONDS, help="seconds (default 180 days)"
     )
     signer.set_defaults(run=usersig)
+    recovering = commands.add_parser(
+        "recover",
+        help="finish the recordings of this machine whose process died (run it before a worker starts)",
+        description="Find run folders under the work folder whose recording process is gone and whose "
+        "result was never reported; turn their segments into files, store them, publish the result on "
+        "the run and POST it to its Callback once. Runs that are alive are left alone.",
+    )
+    recovering.set_defaults(run=recover)

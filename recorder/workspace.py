@@ -35,7 +35,7 @@ class Take(BaseModel):
         return f"{self.anchor}_{stamp}"
 
 
-def _write_atomically(path: Path, text: str) -> None:
+def write_atomically(path: Path, text: str) -> None:
     partial = path.with_name(path.name + ".part")
     with open(partial, "w") as file:
         file.write(text)
@@ -49,12 +49,16 @@ class Workspace:
         self.root = root
 
     def folder(self, take: Take) -> Path:
+        # Anchors are TRTC UserIds, checked where they enter (request, room backends); should
+        # one ever hold '/' or '..', its take must not be written (or discarded) outside the run.
+        if Path(take.name).name != take.name or "\x00" in take.name:
+            raise ValueError(f"anchor {take.anchor!r} cannot name a folder inside the run folder")
         return self.root / take.name
 
     def add(self, take: Take) -> Path:
         folder = self.folder(take)
         folder.mkdir(parents=True, exist_ok=True)
-        _write_atomically(folder / TAKE_FILE, take.model_dump_json())
+        write_atomically(folder / TAKE_FILE, take.model_dump_json())
         return folder
 
     def takes(self) -> list[Take]:
@@ -63,7 +67,7 @@ class Workspace:
 
     def close(self, reason: str) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        _write_atomically(self.root / CLOSED_FILE, json.dumps({"reason": reason}))
+        write_atomically(self.root / CLOSED_FILE, json.dumps({"reason": reason}))
 
     def closed_reason(self) -> str | None:
         path = self.root / CLOSED_FILE
@@ -72,7 +76,7 @@ class Workspace:
     def request_stop(self, reason: str) -> None:
         """Ask every recording of this run to end now (they look for this file)."""
         self.root.mkdir(parents=True, exist_ok=True)
-        _write_atomically(self.root / STOP_FILE, json.dumps({"reason": reason}))
+        write_atomically(self.root / STOP_FILE, json.dumps({"reason": reason}))
 
     def stop_reason(self) -> str | None:
         path = self.root / STOP_FILE

@@ -85,21 +85,7 @@ class PrefectService:
             self._worker_stops_gracefully = signal.getsignal(signal.SIGINT) != signal.SIG_IGN
             # The worker needs only the pool, and its imports take seconds: start it while
             # `prefect deploy` runs rather than after it.
-            self._worker = self._spawn(
-                "worker",
-                [
-                    "worker",
-                    "start",
-                    "--pool",
-                    POOL,
-                    "--name",
-                    WORKER_NAME,
-                    "--install-policy",
-                    "never",  # the process worker is built in; never reach for a package index
-                    "--no-create-pool-if-not-found",  # a missing pool is a bug here, not a default
-                ],
-                self._worker_environment(),
-            )
+            self._worker = self._spawn("worker", self._worker_command(), self._worker_environment())
             # In the project root: the pull step's `{{ $PWD }}` becomes the flow runs' directory.
             self._run("deploy", "deploy", "--all", cwd=self.project_dir)
             self._wait_for_worker()
@@ -127,6 +113,42 @@ class PrefectService:
 
     def __enter__(self) -> PrefectService:
         return self.start()
+
+    # -- faults: the tests of what survives a dead process ----------------------------------------
+
+    def flow_run_processes(self, run_id: object) -> list[int]:
+        """The pids of the processes the worker runs flow run `run_id` in (the engine may run
+        the flow in a child of its own), outermost first; [] once they are gone."""
+        if self._worker is None:
+            return []
+        wanted = f"PREFECT__FLOW_RUN_ID={run_id}".encode()
+        found = []
+        for child in _descendants(self._worker.pid):
+            try:
+                environ = Path(f"/proc/{child.pid}/environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if wanted in environ:
+                found.append(child.pid)
+        return sorted(found, key=lambda pid: _stat(pid)[1])
+
+    def kill_worker(self) -> None:
+        """SIGKILL to the worker and everything it started: a machine that lost power."""
+        if self._worker is None:
+            return
+        worker, self._worker = self._worker, None
+        family = _descendants(worker.pid)
+        worker.kill()
+        for child in family:
+            child.signal(signal.SIGKILL)
+        worker.wait(timeout=STOP_GRACE_SECONDS)
+
+    def restart_worker(self) -> None:
+        """A worker again, after `kill_worker` (until it is registered with the pool)."""
+        if self._worker is not None:
+            raise RuntimeError("the worker is running")
+        self._worker = self._spawn("worker", self._worker_command(), self._worker_environment())
+        self._wait_for_worker()
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -212,6 +234,19 @@ class PrefectService:
         raise TimeoutError(
             f"prefect server not healthy after {SERVER_START_SECONDS:.0f} s\n{self._tail('server')}"
         )
+
+    def _worker_command(self) -> list[str]:
+        return [
+            "worker",
+            "start",
+            "--pool",
+            POOL,
+            "--name",
+            WORKER_NAME,
+            "--install-policy",
+            "never",  # the process worker is built in; never reach for a package index
+            "--no-create-pool-if-not-found",  # a missing pool is a bug here, not a default
+        ]
 
     def _worker_environment(self) -> dict[str, str]:
         env = self.env()
