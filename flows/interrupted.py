@@ -24,7 +24,7 @@ from prefect.logging.loggers import flow_run_logger
 from prefect.states import State
 
 from flows.runs import publish_result
-from recorder.callback import CallbackError, post_result
+from recorder.callback import CallbackError, deliver_result
 from recorder.recovery import DIED, mark_reported, read_run_record, reported
 from recorder.request import RecordingRequest
 from recorder.result import ResultDocument
@@ -96,12 +96,12 @@ def _deliver(
             publish_result(client, run_id, document)
     if request.Callback is not None:
         try:
-            post_result(
+            deliver_result(
                 str(request.Callback),
                 document,
-                attempts=settings.callback_attempts,
-                timeout=settings.callback_timeout_seconds,
-                backoff=settings.callback_backoff_seconds,
+                settings,
+                run_id=str(run_id) if run_id else None,
+                logger=logger,
             )
         except CallbackError as exc:
             logger.error("callback failed: %s", exc)

@@ -1,22 +1,21 @@
 from __future__ import annotations
 
 from prefect import get_run_logger, task
+from prefect.runtime import flow_run
 
-from recorder.callback import post_result
+from recorder.callback import deliver_result, describe_url
 from recorder.result import ResultDocument
 from recorder.settings import RecorderSettings
 
 
+# persist_result: with the default cache policy (inputs, task source, flow run id) a retried
+# flow run takes a callback that completed from its cache instead of sending it again; one
+# that failed is sent again, under the same Idempotency-Key when the document is the same.
 @task(name="callback", persist_result=True)
 def send_callback(url: str, document: ResultDocument) -> int:
-    """POST the result document; retries live in `post_result` (backoff, no retry on 4xx)."""
-    settings = RecorderSettings()
-    status = post_result(
-        url,
-        document,
-        attempts=settings.callback_attempts,
-        timeout=settings.callback_timeout_seconds,
-        backoff=settings.callback_backoff_seconds,
-    )
-    get_run_logger().info("callback to %s answered HTTP %s", url, status)
+    """POST the result document: retries, deadline, signature and Idempotency-Key are
+    `deliver_result`'s (RECORDER_CALLBACK_*); the key names this flow run and this result."""
+    logger = get_run_logger()
+    status = deliver_result(url, document, RecorderSettings(), run_id=flow_run.get_id(), logger=logger)
+    logger.info("callback to %s answered HTTP %s", describe_url(url), status)
     return status
