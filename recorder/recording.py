@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -10,6 +11,9 @@ from pydantic import BaseModel, ConfigDict
 from recorder.media.capture import CaptureError, CaptureReport, capture, segment_files
 from recorder.settings import RecorderSettings
 from recorder.workspace import Take
+
+RECONNECT_POLL_SECONDS = 1.0
+MIN_GAP_SECONDS = 0.5
 
 
 class Recording(BaseModel):
@@ -55,10 +59,57 @@ def record_take(
             seconds=0.0,
             ended_because=f"kept the {earlier} segments recorded before: {exc}",
         )
-    return Recording(
-        take=take,
-        folder=folder,
-        streams=report.streams,
-        seconds=report.seconds,
-        ended_because=report.ended_because,
-    )
+    streams, seconds, ended = list(report.streams), report.seconds, report.ended_because
+    returns: list[float] = []
+    while _stream_lost(ended) and not should_stop():
+        lost_at = time.monotonic()
+        resumed = _reconnect(take, folder, settings, should_stop, on_progress)
+        if resumed is None:
+            break
+        report, back_at = resumed
+        # A server may still hand out the last moments of the stream that just ended: that
+        # is the same stream, not its return.
+        if back_at - lost_at >= MIN_GAP_SECONDS:
+            returns.append(back_at - lost_at)
+        streams += [s for s in report.streams if s not in streams]
+        seconds += report.seconds
+        ended = report.ended_because
+    if returns:
+        gaps = ", ".join(f"{gap:.1f} s" for gap in returns)
+        ended += f"; the stream came back {len(returns)} time(s) into the same file (after {gaps})"
+    return Recording(take=take, folder=folder, streams=streams, seconds=seconds, ended_because=ended)
+
+
+def _stream_lost(ended_because: str) -> bool:
+    """The stream went away by itself (not a stop, not the maximum length)."""
+    return ended_because.startswith(("the stream ended", "the stream broke off", "the stream went silent"))
+
+
+def _reconnect(
+    take: Take,
+    folder: Path,
+    settings: RecorderSettings,
+    should_stop: Callable[[], bool],
+    on_progress: Callable[[CaptureReport], None] | None,
+) -> tuple[CaptureReport, float] | None:
+    """Pull the take's stream again if it comes back within `settings.reconnect_seconds`;
+    its segments follow the ones before. The capture and when it began (monotonic), or None
+    if the stream does not come back (or a stop comes)."""
+    deadline = time.monotonic() + settings.reconnect_seconds
+    while time.monotonic() < deadline and not should_stop():
+        began = time.monotonic()
+        try:
+            report = capture(
+                take.stream_url,
+                folder,
+                segment_seconds=settings.segment_seconds,
+                read_timeout=settings.read_timeout_seconds,
+                first_segment=len(segment_files(folder)),
+                should_stop=should_stop,
+                on_progress=on_progress,
+            )
+            return report, began
+        except CaptureError:
+            # Not back yet (the server has no such stream): look again in a moment.
+            time.sleep(min(RECONNECT_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
+    return None

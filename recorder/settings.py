@@ -61,6 +61,10 @@ class RecorderSettings(BaseSettings):
     segment_seconds: float = Field(default=6.0, gt=0)
     # A stream that delivers nothing for this long has ended (a relay's end looks like this).
     read_timeout_seconds: float = Field(default=10.0, gt=0)
+    # An anchor's stream that ends is waited for this long before their file is closed: a
+    # stream back within it (a dropped connection, a relay restarting) continues the same
+    # file. 0 closes the file at once; a later return is then a new file.
+    reconnect_seconds: float = Field(default=15.0, ge=0)
     # How often the room is asked who is publishing.
     poll_seconds: float = Field(default=0.5, gt=0)
     callback_attempts: int = Field(default=4, ge=1)
