@@ -44,6 +44,8 @@ class Service:
     gateway_log: Path
     cos: CosEndpoint
     callbacks: Receiver
+    home: Path
+    service_key: str
 
 
 def _wait(what: str, check: Callable[[], Any], seconds: float, service: PrefectService) -> Any:
@@ -84,7 +86,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
             gateway_log = home / "gateway.log"
             env = {"RECORDER_SERVICE_KEY": service_key, "RECORDER_API_KEYS": API_KEY}
             with gateway_process(prefect, gateway_log, env, headers={"X-Api-Key": API_KEY}) as client:
-                yield Service(prefect, client, gateway_log, cos, callbacks)
+                yield Service(prefect, client, gateway_log, cos, callbacks, home, service_key)
 
 
 def _sample_request(room_id: int, callback: str) -> dict[str, Any]:
@@ -228,3 +230,26 @@ def test_cancelling_the_run_still_delivers_what_was_recorded(service: Service) -
         service.prefect,
     )
     assert status["State"] == "Cancelled"
+
+
+def test_no_secret_is_anywhere_on_disk_or_in_prefect(service: Service) -> None:
+    """After every run above (recorded, stopped, cancelled): the UserSig, the COS SecretKey, the
+    API key and the service key are in no file the service wrote (Prefect's database, results
+    and logs, the work folders, the gateway's log), and in no artifact or parameter Prefect
+    serves."""
+    secrets = [USER_SIG, SECRET_KEY, API_KEY, service.service_key]
+    files = [path for path in service.home.rglob("*") if path.is_file()]
+    assert len(files) > 5 and any(p.suffix == ".db" for p in files), files
+    for path in files:
+        content = path.read_bytes()
+        for secret in secrets:
+            assert secret.encode() not in content, (secret[:6], path)
+    with service.prefect.client_settings(), get_client(sync_client=True) as client:
+        served = " ".join(
+            [a.model_dump_json() for a in client.read_artifacts()]
+            + [r.model_dump_json() for r in client.read_flow_runs()]
+            + [log.message for log in client.read_logs()]
+        )
+    assert "Result document" in served and "sealed_secrets" in served
+    for secret in secrets:
+        assert secret not in served, secret[:6]
