@@ -87,4 +87,6 @@ def dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prefect_api: None) -> 
     # An anchor's file closes 1 s after their stream ends, not 15: most tests have anchors
     # leave for good. The tests of streams that come back set their own.
     monkeypatch.setenv("RECORDER_RECONNECT_SECONDS", "1")
+    # Upload retries as in production, but waits of 0.1 s doubling (6 s in all), not 2 s (2 min).
+    monkeypatch.setenv("RECORDER_UPLOAD_BACKOFF_SECONDS", "0.1")
     yield found
