@@ -116,6 +116,7 @@ def _watch_room(
         idle += TRTC_IDLE_FALLBACK_SECONDS
     watcher = RoomWatcher(room, idle, anchors=request.Anchors)
     pipelines: dict[str, AnchorPipeline] = {}
+    refused: dict[str, str] = {}  # anchors whose recording could not start, and why
     ended: set[str] = set()  # takes whose recording ended (told to the watcher once)
     with _RunSignals(request if isinstance(room, TrtcRoom) else None) as signals:
         deadline = time.monotonic() + max_seconds if max_seconds else None
@@ -135,7 +136,16 @@ def _watch_room(
                     step.start = []
             for anchor in step.start:
                 take = Take(anchor=anchor, started_at=datetime.now(UTC), stream_url=room.stream_url(anchor))
-                workspace.add(take)
+                try:
+                    workspace.add(take)
+                except OSError as exc:
+                    # A full work folder: this anchor's recording cannot start (the watcher
+                    # counts it as running, so it is not tried again); the others go on.
+                    refused[anchor] = (
+                        f"recording failed: the work folder cannot hold it: {exc.strerror or exc}"
+                    )
+                    logger.error("anchor %s: %s", anchor, refused[anchor])
+                    continue
                 pipelines[take.name] = _start(session, take, request.CosConfig, settings)
                 logger.info("anchor %s is publishing: recording started", anchor)
             for name, pipeline in pipelines.items():
@@ -143,10 +153,13 @@ def _watch_room(
                     ended.add(name)
                     watcher.finished(pipeline.take.anchor)
             if step.stop_reason:
-                workspace.close(step.stop_reason)
+                try:
+                    workspace.close(step.stop_reason)
+                except OSError as exc:  # a full disk: a retried run would watch the room again
+                    logger.error("could not note that the room is over: %s", exc)
                 logger.info("recording ends: %s", step.stop_reason)
                 failures = room.failures() if isinstance(room, TrtcRoom) else {}
-                return pipelines, failures
+                return pipelines, {**refused, **failures}
             time.sleep(settings.poll_seconds)
 
 

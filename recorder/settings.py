@@ -94,8 +94,12 @@ class RecorderSettings(BaseSettings):
     cos_part_size_mb: int = Field(default=8, ge=1, le=5120)
     cos_upload_threads: int = Field(default=4, ge=1, le=32)
     # Whole-file attempts of the upload step (each resumes the parts already sent), with
-    # exponential backoff starting at upload_backoff_seconds.
-    upload_attempts: int = Field(default=4, ge=1, le=20)
+    # exponential backoff starting at upload_backoff_seconds: waits of 2, 4, ... 64 s, 126 s
+    # in all (Prefect's jitter makes it 104 to 151 s), so COS down for a minute or two is
+    # waited out. Each attempt adds its own time: 6 s for a refused connection (the SDK's
+    # cos_request_retries), up to 4 x cos_timeout_seconds for one that hangs. A file for
+    # which COS never comes back (refusing connections) gets Status 0 2.5 to 3 min later.
+    upload_attempts: int = Field(default=7, ge=1, le=20)
     upload_backoff_seconds: float = Field(default=2.0, ge=0)
 
     # The service (gateway and workers). The service key seals each request's secrets

@@ -7,6 +7,7 @@ connections) can be injected per operation. Typical use:
     with CosEndpoint(secret_id="AKID...", secret_key="...") as cos:
         conf = CosConfig(Region=cos.region, SecretId=..., SecretKey=..., **cos.sdk_options())
         cos.fail_next(1, operation="UploadPart")   # the next UploadPart answers 503
+        cos.go_down_for(60)                        # nothing listens for a minute, then all is back
         ...
         assert cos.object("some/key") == expected
 
@@ -17,6 +18,7 @@ COS's front end); each request takes at most one, the oldest that matches its op
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import hmac
 import itertools
@@ -101,6 +103,7 @@ class Seen:
     query: dict[str, str]
     status: int  # the status sent, or 0 if the connection was dropped
     operation: str = ""
+    at: float = field(default_factory=time.monotonic)  # when its body was in (time.monotonic)
 
 
 @dataclass
@@ -182,21 +185,70 @@ class CosEndpoint:
         self._faults: list[_Fault] = []
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
+        # start/stop/outages, one at a time (a timer brings the endpoint back after an outage).
+        self._lifecycle = threading.RLock()
+        self._comeback: threading.Timer | None = None
+        # The last outage (time.monotonic): when the endpoint went down and came back.
+        self.went_down: float | None = None
+        self.came_back: float | None = None
 
     # --- lifecycle -----------------------------------------------------------------------
 
     def start(self) -> CosEndpoint:
+        with self._lifecycle:
+            self._listen()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving; an outage's pending return is called off (nothing listens afterwards)."""
+        with self._lifecycle:
+            comeback, self._comeback = self._comeback, None
+            if comeback is not None:
+                comeback.cancel()
+            self._stop_listening()
+
+    def go_down_for(self, seconds: float) -> None:
+        """An outage: stop listening now (new connections are refused, open ones are cut, as
+        when a host or its network goes away) and serve again `seconds` later on the same port,
+        with the objects and unfinished multipart uploads as they were."""
+        with self._lifecycle:
+            if self._server is None:
+                # Stopped for good (or never started): it must not come back by itself.
+                raise RuntimeError("the endpoint is not serving")
+            self._stop_listening()
+            self.went_down, self.came_back = time.monotonic(), None
+            self._comeback = threading.Timer(seconds, self._come_back)
+            self._comeback.daemon = True
+            self._comeback.start()
+
+    def _come_back(self) -> None:
+        with self._lifecycle:
+            if self._comeback is None:
+                return  # stop() called it off
+            self._comeback = None
+            self._listen()
+            self.came_back = time.monotonic()
+
+    def _listen(self) -> None:
         if self._server is not None:
-            return self
-        server = _Server((self.host, self.port), _Handler, self)
+            return
+        # The port was ours a moment ago; a connection of another program may hold it briefly
+        # (an ephemeral port), so binding is tried again for a few seconds.
+        for attempt in itertools.count():
+            try:
+                server = _Server((self.host, self.port), _Handler, self)
+                break
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE or attempt >= 50:
+                    raise
+                time.sleep(0.1)
         self._server = server
         self._thread = threading.Thread(
             target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="cos-endpoint", daemon=True
         )
         self._thread.start()
-        return self
 
-    def stop(self) -> None:
+    def _stop_listening(self) -> None:
         server, thread = self._server, self._thread
         self._server = self._thread = None
         if server is None:
@@ -683,6 +735,12 @@ class _Handler(BaseHTTPRequestHandler):
         operation = _operation(self.command, key, query, headers)
         seen = Seen(self.command, key, query, 0, operation)
         resource = f"{headers.get('host', '')}{split.path}"
+        if self._server.stopping.is_set():
+            # Stopped while the body came in (from the socket's buffer, after the cut): a host
+            # that went away does not act on a request it had not finished reading.
+            self.close_connection = True
+            endpoint._record(seen)
+            return
 
         fault = endpoint._take_fault(operation)
         if fault is not None and fault.kind == "delay" and self._server.stopping.wait(fault.seconds):
@@ -742,6 +800,8 @@ class _Handler(BaseHTTPRequestHandler):
         chunks: list[bytes] = []
         received, started = 0, time.monotonic()
         while received < length:
+            if self._server.stopping.is_set():
+                raise ConnectionError("the endpoint stopped mid-body")
             chunk = self.rfile.read(min(256 * 1024, length - received))
             if not chunk:
                 break

@@ -23,6 +23,7 @@ from av.video.frame import VideoFrame
 from av.video.stream import VideoStream
 
 from recorder.media.segment_reader import SegmentReader
+from recorder.media.timeline import Timeline
 
 EXTENSIONS: dict[str, str] = {"00": "mp3", "01": "mp4", "02": "mp4"}
 # What MP4 carries as-is; anything else is encoded to H.264 / AAC.
@@ -120,17 +121,16 @@ def _to_mp4(
                 encodes[stream.index] = _encoder_for(sink, stream)
                 target = "h264" if stream.type == "video" else "aac"
                 described.append(f"{stream.type}:{name} (encoded to {target})")
-        # Start the file at zero on one shared offset, so audio and video stay in sync.
-        offset = _first_timestamp(chosen)
+        # Start the file at zero on one shared offset, so audio and video stay in sync; the
+        # segments of a recording retried after a reconnect may restart their clock, which
+        # the timeline moves on so that the MP4's timestamps only increase.
+        timeline = Timeline(start=_first_timestamp(chosen))
         span = _Span()
         for packet in source.demux(*chosen):
             if packet.dts is None:
                 continue
-            shift = round(offset / packet.time_base)
+            timeline.place(packet)
             if packet.stream.index in copies:
-                packet.dts -= shift
-                if packet.pts is not None:
-                    packet.pts -= shift
                 span.add(packet)
                 packet.stream = copies[packet.stream.index]
                 sink.mux(packet)
@@ -138,9 +138,7 @@ def _to_mp4(
             encoder = encodes[packet.stream.index]
             for frame in packet.decode():
                 if isinstance(frame, (AudioFrame, VideoFrame)):
-                    if frame.pts is not None:
-                        frame.pts -= shift
-                    span.add_frame(frame)
+                    span.add_frame(frame)  # on the timeline: decoded from placed packets
                     sink.mux(encoder.encode(frame))  # type: ignore[arg-type]  # kinds match
         for encoder in encodes.values():
             sink.mux(encoder.encode(None))
