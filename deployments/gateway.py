@@ -32,7 +32,7 @@ from prefect.exceptions import ObjectNotFound
 
 from flows.room_roster import record_room_event
 from flows.runs import RunFinishedError, read_recording, request_stop, start_recording
-from recorder.request import RequestError, parse_request
+from recorder.request import RecordingRequest, RequestError, parse_request
 from recorder.room_events import ROSTER_EVENTS, parse_room_event, verify_callback_sign
 from recorder.settings import RecorderSettings
 
@@ -43,6 +43,9 @@ REQUEST_ID_HEADER = "x-request-id"
 TRTC_CALLBACK_PATH = "/trtc/callback"
 # TRTC's callbacks are well under 1 KB; the endpoint is open, so it reads no more than this.
 MAX_CALLBACK_BYTES = 64 * 1024
+# A request is a few KB at most (50 Anchors of 32 characters, a UserSig of some hundred):
+# a bigger body is refused before it is read, so a client cannot make the gateway buffer megabytes.
+MAX_REQUEST_BYTES = 64 * 1024
 
 
 def _api_keys(settings: RecorderSettings) -> list[bytes]:
@@ -79,9 +82,11 @@ def create_app(settings: RecorderSettings | None = None) -> FastAPI:
         return {"ok": True}
 
     async def submit(request: Request) -> Response:
+        data = await _read_limited(request, MAX_REQUEST_BYTES, "a recording request")
         try:
-            raw: Any = json.loads(await request.body())
-        except ValueError as exc:
+            raw: Any = json.loads(data)
+        # RecursionError: JSON nested a few thousand levels deep ("[[[[..."), which fits in the limit.
+        except (ValueError, RecursionError) as exc:
             raise HTTPException(400, f"the body is not JSON: {exc}") from None
         try:
             recording = parse_request(raw)
@@ -99,8 +104,13 @@ def create_app(settings: RecorderSettings | None = None) -> FastAPI:
             return JSONResponse(body, 202, headers=headers)
         return PlainTextResponse(SUBMITTED, 202, headers=headers)
 
-    app.post("/", dependencies=guarded)(submit)
-    app.post("/recordings", dependencies=guarded)(submit)
+    # The body is read by hand (to cap its size, and to name every bad field in the answer),
+    # so FastAPI would not document it: the request model describes it instead.
+    submit_doc = {
+        "requestBody": {"required": True, "content": {"application/json": {"schema": _request_schema()}}}
+    }
+    app.post("/", dependencies=guarded, openapi_extra=submit_doc)(submit)
+    app.post("/recordings", dependencies=guarded, openapi_extra=submit_doc)(submit)
 
     @app.get("/recordings/{run_id}", dependencies=guarded)
     async def status(run_id: UUID) -> dict[str, Any]:
@@ -135,7 +145,7 @@ def create_app(settings: RecorderSettings | None = None) -> FastAPI:
                 "TRTC callbacks are not accepted: set RECORDER_TRTC_CALLBACK_KEY (the callback key "
                 "of the TRTC console)",
             )
-        body = await _read_limited(request, MAX_CALLBACK_BYTES)
+        body = await _read_limited(request, MAX_CALLBACK_BYTES, "a TRTC callback")
         if not verify_callback_sign(body, request.headers.get("sign"), key):
             log.warning("TRTC callback refused: missing or wrong Sign")
             raise HTTPException(401, "missing or wrong Sign")
@@ -163,19 +173,41 @@ def _sdk_app_id(header: str | None) -> int | None:
     return value if 1 <= value <= 4294967295 else None
 
 
-async def _read_limited(request: Request, limit: int) -> bytes:
+async def _read_limited(request: Request, limit: int, what: str) -> bytes:
     """The body, or 413 once it is longer than `limit` (without reading the rest)."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
-        raise HTTPException(413, f"a TRTC callback is at most {limit} bytes")
+        raise HTTPException(413, f"{what} is at most {limit} bytes")
     chunks: list[bytes] = []
     size = 0
+    # Counted as it arrives: a chunked body has no Content-Length, and a declared one may lie.
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise HTTPException(413, f"a TRTC callback is at most {limit} bytes")
+            raise HTTPException(413, f"{what} is at most {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _request_schema() -> dict[str, Any]:
+    """RecordingRequest's JSON schema with its definitions written in place: the OpenAPI
+    document has no `$defs` for a `#/$defs/...` reference to point into."""
+    schema = RecordingRequest.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            rest = {key: inline(value) for key, value in node.items() if key != "$ref"}
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return inline(defs[ref.removeprefix("#/$defs/")]) | rest
+            return rest if ref is None else node
+        if isinstance(node, list):
+            return [inline(item) for item in node]
+        return node
+
+    result: dict[str, Any] = inline(schema)
+    return result
 
 
 def _wants_json(request: Request) -> bool:
