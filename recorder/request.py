@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from typing import Annotated, Any, Literal
+from urllib.parse import unquote
 
 from pydantic import (
     AnyHttpUrl,
@@ -33,6 +34,7 @@ MAX_ANCHORS = 50
 BUCKET_FORM = re.compile(r"^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?-[0-9]+$")
 REGION_FORM = re.compile(r"^[a-z]+(?:-[a-z0-9]+)+$")
 CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+COS_PATH_MAX_BYTES = 512
 
 RecordMode = Literal["00", "01", "02"]
 MODE_NAMES: dict[str, str] = {
@@ -52,8 +54,12 @@ def normalise_cos_path(value: str) -> str:
         raise ValueError("must not contain control characters")
     if "\\" in value:
         raise ValueError("must use '/' as separator, not '\\'")
+    if _utf8_len(value) > COS_PATH_MAX_BYTES:
+        # COS keys are at most 850 bytes, and the room, anchor and time follow the Path.
+        raise ValueError(f"must be at most {COS_PATH_MAX_BYTES} bytes")
     parts = [p for p in value.split("/") if p]
-    if any(p in (".", "..") for p in parts):
+    # Percent-encoded dots too: whoever pastes a key into a URL unencoded would read '..'.
+    if any(unquote(p) in (".", "..") for p in parts):
         raise ValueError("must not contain '.' or '..' segments")
     return "/" + "/".join(parts)
 

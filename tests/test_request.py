@@ -161,6 +161,12 @@ INVALID = [
     pytest.param(changed(("Callback", "not a url")), "Callback:", URL_RULE, id="callback-not-url"),
     pytest.param(changed(("MaxIdleTime", 0)), "MaxIdleTime:", IDLE_RULE, id="maxidletime-zero"),
     pytest.param(changed(("MaxIdleTime", "abc")), "MaxIdleTime:", IDLE_RULE, id="maxidletime-string"),
+    pytest.param(
+        changed(("CosConfig.Path", "a" * 513)), "CosConfig.Path:", "at most 512 bytes", id="path-long"
+    ),
+    pytest.param(
+        changed(("CosConfig.Path", "/x/%2e%2E/y")), "CosConfig.Path:", "'..' segments", id="path-dots"
+    ),
     pytest.param(changed(("Anchors", [])), "Anchors:", "must list 1 to 50 UserIds", id="anchors-empty"),
     pytest.param(changed(("Anchors", ["a"] * 51)), "Anchors:", "must list 1 to 50 UserIds", id="anchors-51"),
     pytest.param(
