@@ -1,5 +1,6 @@
 """Delivering what a run recorded when its pipeline cannot: the run was cancelled, its
-process was stopped (SIGTERM), or it died and `recover-recordings` found it on disk.
+process died (the worker runs the crash hook), or its worker died too and
+`recover-recordings` found it on disk.
 
 The segments on disk are whole up to the moment recording stopped (every packet is
 flushed as it arrives), and the run's journal lists its takes: each becomes its file, is
@@ -92,8 +93,12 @@ def _deliver(
     document = ResultDocument.for_request(request, entries)
     logger.info("%s: delivered %d of %d recording(s)", why, len(entries) - len(document.failed), len(entries))
     if run_id is not None:
-        with get_client(sync_client=True) as client:
-            publish_result(client, run_id, document)
+        try:
+            with get_client(sync_client=True) as client:
+                publish_result(client, run_id, document)
+        # The API being away must not keep the document from its Callback.
+        except Exception as exc:
+            logger.error("could not publish the result on the run: %s", exc)
     if request.Callback is not None:
         try:
             deliver_result(
@@ -132,10 +137,10 @@ def deliver_after_cancellation(flow: Flow[..., Any], flow_run: FlowRun, state: S
 
 
 def deliver_after_crash(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any]) -> None:
-    """A Prefect on_crashed hook. It runs in the run's own process when that process was
-    told to stop (SIGTERM: a worker or machine shutting down), and in the worker when the
-    run's process died (killed, out of memory): either way the recordings are delivered
-    from disk. A worker that dies with its runs runs no hook: `recorder recover` is for that."""
+    """A Prefect on_crashed hook. It runs in the worker when the run's process died (killed,
+    out of memory), and in the run's own process when Prefect turns a signal there into a
+    crash: either way the recordings are delivered from disk. A worker that dies with its
+    runs runs no hook: `recorder recover` is for that."""
     settings = RecorderSettings()
     run_dir = (settings.work_root / str(flow_run.id)).resolve()
     if not run_dir.is_dir():

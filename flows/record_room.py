@@ -22,7 +22,7 @@ from flows.room_roster import read_roster
 from flows.runs import publish_result, stop_requested
 from recorder.media.transcode import TranscodeReport
 from recorder.outcome import StepFailure, file_entry
-from recorder.recording import Recording
+from recorder.recording import RECONNECTING_FILE, Recording
 from recorder.recovery import forget_report, mark_reported, write_run_record
 from recorder.request import CosLocation, RecordingRequest
 from recorder.result import FileEntry, ResultDocument
@@ -124,7 +124,12 @@ def _watch_room(
             roster = signals.roster()
             if roster is not None and isinstance(room, TrtcRoom):
                 room.update_roster(roster)
-            step = watcher.step()
+            waiting = {
+                p.take.anchor
+                for name, p in pipelines.items()
+                if name not in ended and (workspace.folder(p.take) / RECONNECTING_FILE).exists()
+            }
+            step = watcher.step(waiting)
             if step.stop_reason is None:
                 if signals.stop_requested():
                     step.stop_reason = STOPPED_ON_REQUEST

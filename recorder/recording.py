@@ -14,6 +14,8 @@ from recorder.workspace import Take
 
 RECONNECT_POLL_SECONDS = 1.0
 MIN_GAP_SECONDS = 0.5
+# In a take's folder while its recording waits for the stream to come back.
+RECONNECTING_FILE = "reconnecting"
 
 
 class Recording(BaseModel):
@@ -96,6 +98,24 @@ def _reconnect(
     its segments follow the ones before. The capture and when it began (monotonic), or None
     if the stream does not come back (or a stop comes)."""
     deadline = time.monotonic() + settings.reconnect_seconds
+    # While it waits, this recording is not what keeps the room going (see RoomWatcher).
+    marker = folder / RECONNECTING_FILE
+    marker.touch()
+    try:
+        return _pull_again(take, folder, settings, should_stop, on_progress, deadline, marker)
+    finally:
+        marker.unlink(missing_ok=True)
+
+
+def _pull_again(
+    take: Take,
+    folder: Path,
+    settings: RecorderSettings,
+    should_stop: Callable[[], bool],
+    on_progress: Callable[[CaptureReport], None] | None,
+    deadline: float,
+    marker: Path,
+) -> tuple[CaptureReport, float] | None:
     while time.monotonic() < deadline and not should_stop():
         began = time.monotonic()
         try:
@@ -106,10 +126,27 @@ def _reconnect(
                 read_timeout=settings.read_timeout_seconds,
                 first_segment=len(segment_files(folder)),
                 should_stop=should_stop,
-                on_progress=on_progress,
+                on_progress=_first_then(lambda: marker.unlink(missing_ok=True), on_progress),
             )
             return report, began
         except CaptureError:
             # Not back yet (the server has no such stream): look again in a moment.
             time.sleep(min(RECONNECT_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
     return None
+
+
+def _first_then(
+    first: Callable[[], None], then: Callable[[CaptureReport], None] | None
+) -> Callable[[CaptureReport], None]:
+    """A progress callback that runs `first` once (the stream is back), then `then`."""
+    done = False
+
+    def progress(report: CaptureReport) -> None:
+        nonlocal done
+        if not done:
+            done = True
+            first()
+        if then is not None:
+            then(report)
+
+    return progress

@@ -40,7 +40,9 @@ class RoomWatcher:
         """The recording of `anchor` ended; if they publish again, that is a new recording."""
         self._recording.discard(anchor)
 
-    def step(self) -> WatchStep:
+    def step(self, waiting: set[str] | frozenset[str] = frozenset()) -> WatchStep:
+        """`waiting`: anchors whose recording only waits for their stream to come back; those
+        do not keep the room going (the room's idle rule ends their wait)."""
         if self._room.recorder_removed():
             return WatchStep(stop_reason="the recorder was removed from the room")
         if self._room.ended():
@@ -49,7 +51,7 @@ class RoomWatcher:
         if self._wanted is not None:
             publishing = publishing & self._wanted
         now = self._clock()
-        if publishing or self._recording:
+        if publishing or (self._recording - waiting):
             self._last_activity = now
         elif now - self._last_activity >= self._max_idle:
             return WatchStep(stop_reason=f"no anchor in the room for {self._max_idle:g} s")

@@ -130,7 +130,7 @@ class PrefectService:
                 continue
             if wanted in environ:
                 found.append(child.pid)
-        return sorted(found, key=lambda pid: _stat(pid)[1])
+        return sorted(found, key=lambda pid: int(_stat(pid)[1] or 0))
 
     def kill_worker(self) -> None:
         """SIGKILL to the worker and everything it started: a machine that lost power."""

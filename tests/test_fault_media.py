@@ -195,7 +195,8 @@ def child_main() -> None:
     from recorder.workspace import Take
 
     urls, folder, modes = sys.argv[1].split(","), Path(sys.argv[2]), sys.argv[3].split(",")
-    settings = RecorderSettings(segment_seconds=1.0, read_timeout_seconds=READ_TIMEOUT)
+    # No waiting for a stream to come back: each input here ends for good.
+    settings = RecorderSettings(segment_seconds=1.0, read_timeout_seconds=READ_TIMEOUT, reconnect_seconds=0)
     take = Take(anchor="anchor", started_at=datetime.now(UTC), stream_url=urls[0])
     recorded: Recording | StepFailure | None = None
     for url in urls:

@@ -239,3 +239,15 @@ def test_only_the_listed_anchors_are_recorded_and_keep_the_room_going(
     step = watcher.step()
     assert step.start == []
     assert step.stop_reason == f"no anchor in the room for {MAX_IDLE:g} s"
+
+
+def test_a_recording_waiting_for_its_stream_to_return_does_not_keep_the_room_going(
+    room: ScriptedRoom, watcher: RoomWatcher, clock: FakeClock
+) -> None:
+    room.publishing = {"alice"}
+    assert watcher.step().start == ["alice"]
+    room.publishing = set()  # alice's stream ended; her recording waits for it to come back
+
+    assert watcher.step({"alice"}).stop_reason is None
+    clock.advance(MAX_IDLE)
+    assert watcher.step({"alice"}).stop_reason == f"no anchor in the room for {MAX_IDLE:g} s"
