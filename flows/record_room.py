@@ -159,6 +159,9 @@ def _watch_room(
                     watcher.finished(pipeline.take.anchor)
             if step.stop_reason:
                 try:
+                    # Recordings still running (one waiting for its stream to come back, one
+                    # whose anchor is still on air) end now: each record task looks for this.
+                    workspace.request_stop(step.stop_reason)
                     workspace.close(step.stop_reason)
                 except OSError as exc:  # a full disk: a retried run would watch the room again
                     logger.error("could not note that the room is over: %s", exc)

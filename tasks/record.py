@@ -53,8 +53,11 @@ def record(session: RoomSession, take: Take) -> Recording:
             logger.info("%s: %.0f s, %.1f MB recorded", take.anchor, report.seconds, report.bytes / 1e6)
 
     recording = record_take(take, folder, RecorderSettings(), should_stop=stop, on_progress=progress)
-    if stop():
-        recording = recording.model_copy(update={"ended_because": workspace.stop_reason() or "stopped"})
+    if recording.ended_because.startswith("stopped"):
+        # The stop cut the stream: say why it came. A stream that had ended on its own (and
+        # whose wait for a return the stop cut short) keeps its own reason.
+        why = workspace.stop_reason() or "stopped"
+        recording = recording.model_copy(update={"ended_because": why + recording.ended_because[7:]})
     logger.info(
         "%s: recorded %.1f s (%s); %s",
         take.anchor,
