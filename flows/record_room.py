@@ -4,6 +4,8 @@ holds up or loses another's file."""
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -45,6 +47,7 @@ from tasks.upload import upload
 
 T = TypeVar("T")
 STOPPED_ON_REQUEST = "stopped on request"
+TERMINATED = "the recording process was told to stop (SIGTERM)"
 TRTC_IDLE_FALLBACK_SECONDS = 10
 
 
@@ -131,7 +134,9 @@ def _watch_room(
             }
             step = watcher.step(waiting)
             if step.stop_reason is None:
-                if signals.stop_requested():
+                if signals.terminated:
+                    step.stop_reason = TERMINATED
+                elif signals.stop_requested():
                     step.stop_reason = STOPPED_ON_REQUEST
                 elif deadline is not None and time.monotonic() >= deadline:
                     step.stop_reason = f"the scheduled {max_seconds} s ended"
@@ -187,10 +192,22 @@ class _RunSignals:
 
     def __enter__(self) -> _RunSignals:
         self._client.__enter__()
+        # A machine or worker shutting down sends SIGTERM first: the recordings then end as
+        # on a stop request and go through the whole pipeline before the process exits.
+        # Only while the room is watched; afterwards Prefect's own handling is back.
+        self.terminated = False
+        self._previous_sigterm: Any = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous_sigterm = signal.signal(signal.SIGTERM, self._on_sigterm)
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        if self._previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, self._previous_sigterm)
         self._client.__exit__(None, None, None)
+
+    def _on_sigterm(self, signum: int, frame: object) -> None:
+        self.terminated = True
 
     def stop_requested(self) -> bool:
         if self._run_id is None or time.monotonic() < self._next_stop_look:

@@ -1,7 +1,7 @@
 """Processes that die mid-recording, in the service as deployed (a Prefect server and worker
-running prefect.yaml's deployments, the gateway, a simulated room): SIGKILL to a run's process
-while its worker lives, and SIGKILL to the worker with its runs. Each time the recording is
-delivered, playable, with the callback sent once."""
+running prefect.yaml's deployments, the gateway, a simulated room): SIGTERM to a run's process,
+SIGKILL to it while its worker lives, and SIGKILL to the worker with its runs. Each time the
+recording is delivered, playable, with the callback sent once."""
 
 from __future__ import annotations
 
@@ -115,6 +115,21 @@ def _delivered(service: Service, room_id: int, why: str) -> ResultDocument:
     assert probed.duration >= 5.0, probed.duration
     decode_to_end(path)
     return document
+
+
+def test_sigterm_to_the_runs_process_ends_the_recording_and_delivers_it(service: Service) -> None:
+    room, run_id = _start_recording(service, 60001)
+    try:
+        pids = service.wait("the run's process", lambda: service.prefect.flow_run_processes(run_id))
+        for pid in reversed(pids):  # a machine shutting down asks every process to stop
+            os.kill(pid, signal.SIGTERM)
+        _delivered(service, 60001, "the recording process was told to stop (SIGTERM)")
+    finally:
+        room.stop()
+    # The recordings ended as on a stop request and went through the whole pipeline.
+    assert service.wait("the run's end", lambda: (s := service.state(run_id)).is_final() and s).is_completed()
+    time.sleep(2)
+    assert len(service.callbacks_for(60001)) == 1
 
 
 def test_a_run_killed_while_its_worker_lives_is_recovered_automatically(service: Service) -> None:
