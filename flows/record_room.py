@@ -134,7 +134,7 @@ def _watch_room(
             }
             step = watcher.step(waiting)
             if step.stop_reason is None:
-                if signals.terminated:
+                if signals.shutdown_requested():
                     step.stop_reason = TERMINATED
                 elif signals.stop_requested():
                     step.stop_reason = STOPPED_ON_REQUEST
@@ -208,6 +208,22 @@ class _RunSignals:
 
     def _on_sigterm(self, signum: int, frame: object) -> None:
         self.terminated = True
+
+    def shutdown_requested(self) -> bool:
+        """SIGTERM came, and not as a cancellation (a worker cancels a run by setting it
+        Cancelling, then sending SIGTERM): then Prefect's own handling runs, as before."""
+        if not self.terminated:
+            return False
+        if self._run_id is not None:
+            try:
+                state = self._client.read_flow_run(self._run_id).state
+            except Exception:  # the API is away: a shutdown is the likelier reading
+                state = None
+            if state is not None and state.is_cancelling():
+                self.terminated = False
+                if callable(self._previous_sigterm):
+                    self._previous_sigterm(signal.SIGTERM, None)  # raises Prefect's TerminationSignal
+        return self.terminated
 
     def stop_requested(self) -> bool:
         if self._run_id is None or time.monotonic() < self._next_stop_look:
