@@ -42,15 +42,7 @@ def record_take(
     recording."""
     earlier = len(segment_files(folder))
     try:
-        report = capture(
-            take.stream_url,
-            folder,
-            segment_seconds=settings.segment_seconds,
-            read_timeout=settings.read_timeout_seconds,
-            first_segment=earlier,
-            should_stop=should_stop,
-            on_progress=on_progress,
-        )
+        report = _pull(take, folder, settings, should_stop, on_progress)
     except CaptureError as exc:
         if earlier == 0:
             raise
@@ -87,6 +79,25 @@ def _stream_lost(ended_because: str) -> bool:
     return ended_because.startswith(("the stream ended", "the stream broke off", "the stream went silent"))
 
 
+def _pull(
+    take: Take,
+    folder: Path,
+    settings: RecorderSettings,
+    should_stop: Callable[[], bool],
+    on_progress: Callable[[CaptureReport], None] | None,
+) -> CaptureReport:
+    """One capture of the take's stream, its segments after those already in `folder`."""
+    return capture(
+        take.stream_url,
+        folder,
+        segment_seconds=settings.segment_seconds,
+        read_timeout=settings.read_timeout_seconds,
+        first_segment=len(segment_files(folder)),
+        should_stop=should_stop,
+        on_progress=on_progress,
+    )
+
+
 def _reconnect(
     take: Take,
     folder: Path,
@@ -101,38 +112,18 @@ def _reconnect(
     # While it waits, this recording is not what keeps the room going (see RoomWatcher).
     marker = folder / RECONNECTING_FILE
     marker.touch()
+    back = _first_then(lambda: marker.unlink(missing_ok=True), on_progress)
     try:
-        return _pull_again(take, folder, settings, should_stop, on_progress, deadline, marker)
+        while time.monotonic() < deadline and not should_stop():
+            began = time.monotonic()
+            try:
+                return _pull(take, folder, settings, should_stop, back), began
+            except CaptureError:
+                # Not back yet (the server has no such stream): look again in a moment.
+                time.sleep(min(RECONNECT_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
+        return None
     finally:
         marker.unlink(missing_ok=True)
-
-
-def _pull_again(
-    take: Take,
-    folder: Path,
-    settings: RecorderSettings,
-    should_stop: Callable[[], bool],
-    on_progress: Callable[[CaptureReport], None] | None,
-    deadline: float,
-    marker: Path,
-) -> tuple[CaptureReport, float] | None:
-    while time.monotonic() < deadline and not should_stop():
-        began = time.monotonic()
-        try:
-            report = capture(
-                take.stream_url,
-                folder,
-                segment_seconds=settings.segment_seconds,
-                read_timeout=settings.read_timeout_seconds,
-                first_segment=len(segment_files(folder)),
-                should_stop=should_stop,
-                on_progress=_first_then(lambda: marker.unlink(missing_ok=True), on_progress),
-            )
-            return report, began
-        except CaptureError:
-            # Not back yet (the server has no such stream): look again in a moment.
-            time.sleep(min(RECONNECT_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
-    return None
 
 
 def _first_then(

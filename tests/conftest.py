@@ -8,8 +8,11 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from uuid import UUID
 
 import pytest
+from prefect import get_client
+from prefect.client.schemas.actions import WorkPoolCreate
 
 from recorder.media.capture import capture
 from recorder.rooms.sim import SimRoom
@@ -90,3 +93,18 @@ def dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prefect_api: None) -> 
     # Upload retries as in production, but waits of 0.1 s doubling (6 s in all), not 2 s (2 min).
     monkeypatch.setenv("RECORDER_UPLOAD_BACKOFF_SECONDS", "0.1")
     yield found
+
+
+@pytest.fixture(scope="module")
+def deployment_id(prefect_api: None) -> UUID:
+    """The record-room deployment on the `recorders` pool, in the temporary Prefect API (no
+    worker: its runs stay Scheduled), for the gateway to start runs of."""
+    with get_client(sync_client=True) as client:
+        client.create_work_pool(WorkPoolCreate(name="recorders", type="process"), overwrite=True)
+        flow_id = client.create_flow_from_name("record-room")
+        return client.create_deployment(
+            flow_id=flow_id,
+            name="record-room",
+            work_pool_name="recorders",
+            entrypoint="flows/record_room.py:record_room",
+        )

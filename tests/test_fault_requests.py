@@ -35,7 +35,6 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from prefect import get_client
-from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.states import Completed
 from pydantic import SecretStr
@@ -386,19 +385,6 @@ def test_parse_request_on_generated_json_text_and_bytes_returns_a_request_or_a_r
 
 
 # -- the gateway: 2,000 generated bodies, real Prefect API -------------------------------------
-
-
-@pytest.fixture(scope="module")
-def deployment_id(prefect_api: None) -> UUID:
-    with get_client(sync_client=True) as client:
-        client.create_work_pool(WorkPoolCreate(name="recorders", type="process"), overwrite=True)
-        flow_id = client.create_flow_from_name("record-room")
-        return client.create_deployment(
-            flow_id=flow_id,
-            name="record-room",
-            work_pool_name="recorders",
-            entrypoint="flows/record_room.py:record_room",
-        )
 
 
 def _count_runs(excluding: set[str] | None = None) -> int:

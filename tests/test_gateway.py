@@ -15,7 +15,6 @@ from uuid import UUID
 import pytest
 from fastapi.testclient import TestClient
 from prefect import get_client
-from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.states import Completed
 from pydantic import SecretStr
 
@@ -29,19 +28,6 @@ from recorder.settings import RecorderSettings
 API_KEY = "gateway-key-1a2b3c"
 USER_SIG = "sig-GATEWAY-NEVER-3d4e"
 SECRET_KEY = "cos-GATEWAY-NEVER-5f6a"
-
-
-@pytest.fixture(scope="module")
-def deployment_id(prefect_api: None) -> UUID:
-    with get_client(sync_client=True) as client:
-        client.create_work_pool(WorkPoolCreate(name="recorders", type="process"), overwrite=True)
-        flow_id = client.create_flow_from_name("record-room")
-        return client.create_deployment(
-            flow_id=flow_id,
-            name="record-room",
-            work_pool_name="recorders",
-            entrypoint="flows/record_room.py:record_room",
-        )
 
 
 @pytest.fixture
