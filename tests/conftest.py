@@ -11,8 +11,6 @@ from pathlib import Path
 from uuid import UUID
 
 import pytest
-from prefect import get_client
-from prefect.client.schemas.actions import WorkPoolCreate
 
 from recorder.media.capture import capture
 from recorder.rooms.sim import SimRoom
@@ -20,7 +18,8 @@ from recorder.rooms.sim_script import SimAnchor, SimScript
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # Prefect's results and settings for this test session only, not the developer's ~/.prefect.
-# Set before anything imports Prefect, which reads its settings once.
+# Set before anything imports Prefect, which reads its settings once: so this module imports
+# Prefect only inside its fixtures, and so do the helpers it imports.
 _PREFECT_HOME = tempfile.mkdtemp(prefix="recorder-tests-prefect-")
 os.environ["PREFECT_HOME"] = _PREFECT_HOME
 atexit.register(shutil.rmtree, _PREFECT_HOME, ignore_errors=True)
@@ -68,8 +67,12 @@ def prefect_api() -> Iterator[None]:
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
     from prefect.testing.utilities import prefect_test_harness
 
-    # No heartbeat thread: it only costs a second at the end of every run here.
-    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}), prefect_test_harness():
+    # No heartbeat thread: it only costs a second at the end of every run here. The server
+    # start waits PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS (scripts/test: 120 s), not 30.
+    with (
+        temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}),
+        prefect_test_harness(server_startup_timeout=None),
+    ):
         yield
 
 
@@ -99,6 +102,9 @@ def dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prefect_api: None) -> 
 def deployment_id(prefect_api: None) -> UUID:
     """The record-room deployment on the `recorders` pool, in the temporary Prefect API (no
     worker: its runs stay Scheduled), for the gateway to start runs of."""
+    from prefect import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+
     with get_client(sync_client=True) as client:
         client.create_work_pool(WorkPoolCreate(name="recorders", type="process"), overwrite=True)
         flow_id = client.create_flow_from_name("record-room")

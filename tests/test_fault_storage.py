@@ -19,7 +19,7 @@ from urllib.parse import unquote, urlparse
 
 import av
 import pytest
-from prefect.settings import PREFECT_API_URL
+from prefect.settings import PREFECT_API_URL, PREFECT_LOCAL_STORAGE_PATH
 from prefect.tasks import exponential_backoff
 
 from flows.record_room import record_room, run_request
@@ -256,7 +256,13 @@ def test_cos_down_for_good_keeps_the_media_and_a_later_retry_of_the_run_delivers
                 "flows/record_room.py:record_room",
             ],
             cwd=REPO_ROOT,
-            env=os.environ | {"PREFECT_API_URL": str(PREFECT_API_URL.value())},
+            # The same API and the same result storage: the retry finds the first attempt's
+            # task results there (Prefect's cache, keyed by inputs and run id).
+            env=os.environ
+            | {
+                "PREFECT_API_URL": str(PREFECT_API_URL.value()),
+                "PREFECT_LOCAL_STORAGE_PATH": str(PREFECT_LOCAL_STORAGE_PATH.value()),
+            },
             capture_output=True,
             text=True,
             timeout=120,
