@@ -82,7 +82,7 @@ def _outcome(future: PrefectFuture[T]) -> T | StepFailure | None:
 def _start(
     session: RoomSession, take: Take, location: CosLocation, settings: RecorderSettings
 ) -> AnchorPipeline:
-    recorded = record.submit(session, take)
+    recorded = record.submit(session, take, location)
     # Futures as arguments: Prefect waits for them and passes their values (its type hints
     # do not say so).
     converted = transcode_recording.submit(recorded, session.mode)  # type: ignore[call-overload]

@@ -9,6 +9,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 from recorder.media.capture import CaptureError, CaptureReport, capture, segment_files
+from recorder.media.transcode import TranscodeReport
 from recorder.settings import RecorderSettings
 from recorder.workspace import Take
 
@@ -28,6 +29,8 @@ class Recording(BaseModel):
     streams: list[str]
     seconds: float
     ended_because: str
+    # The final file, made while recording (see recorder.live_finish); None: not made live.
+    live: TranscodeReport | None = None
 
 
 def record_take(

@@ -65,6 +65,9 @@ class RecorderSettings(BaseSettings):
     # stream back within it (a dropped connection, a relay restarting) continues the same
     # file. 0 closes the file at once; a later return is then a new file.
     reconnect_seconds: float = Field(default=15.0, ge=0)
+    # Convert each recording, and store it to COS, while it is recorded (recorder.live_finish):
+    # the file is ready seconds after the stream ends. Off: both wait for the end.
+    live_finish: bool = True
     # How often the room is asked who is publishing.
     poll_seconds: float = Field(default=0.5, gt=0)
     callback_attempts: int = Field(default=4, ge=1)

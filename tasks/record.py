@@ -1,12 +1,20 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from prefect import get_run_logger, task
 
+from recorder.live_finish import LiveFinisher
 from recorder.media.capture import CaptureReport
+from recorder.media.transcode import EXTENSIONS
 from recorder.recording import Recording, record_take
+from recorder.request import CosLocation
 from recorder.settings import RecorderSettings
+from recorder.storage import LocalStorage, StorageError, open_storage
+from recorder.storage.base import LiveObject
+from recorder.storage.cos import CosStorage
+from recorder.storage.keys import recording_key
 from recorder.workspace import Take, Workspace
 from tasks.session import RoomSession
 
@@ -30,6 +38,31 @@ class _StopCheck:
         return self._stopped
 
 
+def _start_live_finish(
+    session: RoomSession, take: Take, folder: Path, location: CosLocation, settings: RecorderSettings
+) -> LiveFinisher | None:
+    """Convert (and store to COS) while recording, unless turned off or COS cannot start it;
+    either way the ordinary steps do the work later."""
+    if not settings.live_finish:
+        return None
+    extension = EXTENSIONS[session.mode]
+    destination = folder / f"{take.name}.{extension}"
+    stored: LiveObject | None = None
+    # A local copy to keep (keep_local_copy) is written here and stored afterwards.
+    if not settings.keep_local_copy:
+        key = recording_key(session.cos_path, session.room, take.anchor, take.started_at, extension)
+        try:
+            storage = open_storage(settings, location)
+            if isinstance(storage, CosStorage):
+                stored = storage.open_live(key, folder)
+            elif isinstance(storage, LocalStorage):
+                stored = storage.open_live(key)
+        except StorageError as exc:
+            get_run_logger().warning("%s: not storing while recording: %s", take.anchor, exc)
+            return None
+    return LiveFinisher(folder, session.mode, destination, stored)
+
+
 @task(
     name="record",
     task_run_name="record-{take.anchor}",
@@ -37,9 +70,13 @@ class _StopCheck:
     retries=2,
     retry_delay_seconds=1,
 )
-def record(session: RoomSession, take: Take) -> Recording:
-    """Pull one anchor's stream into crash-safe segments until it ends."""
+def record(session: RoomSession, take: Take, location: CosLocation) -> Recording:
+    """Pull one anchor's stream into crash-safe segments until it ends, converting it (and
+    storing it to COS) on the way.
+
+    `location` is the request's CosConfig, keys included: task inputs are not persisted."""
     logger = get_run_logger()
+    settings = RecorderSettings()
     workspace = Workspace(session.run_dir)
     folder = workspace.folder(take)
     stop = _StopCheck(workspace)
@@ -52,7 +89,28 @@ def record(session: RoomSession, take: Take) -> Recording:
             next_log += PROGRESS_EVERY_SECONDS
             logger.info("%s: %.0f s, %.1f MB recorded", take.anchor, report.seconds, report.bytes / 1e6)
 
-    recording = record_take(take, folder, RecorderSettings(), should_stop=stop, on_progress=progress)
+    live = _start_live_finish(session, take, folder, location, settings)
+    try:
+        recording = record_take(take, folder, settings, should_stop=stop, on_progress=progress)
+    except BaseException:
+        if live is not None:
+            live.abort()
+        raise
+    if live is not None:
+        finished = time.monotonic()
+        report = live.finish()
+        if report is None:
+            logger.warning(
+                "%s: converting while recording failed (%s); converting now", take.anchor, live.failure
+            )
+        else:
+            logger.info(
+                "%s: %s finished %.1f s after the recording",
+                take.anchor,
+                "stored" if report.stored_url else "converted",
+                time.monotonic() - finished,
+            )
+            recording = recording.model_copy(update={"live": report})
     if recording.ended_because.startswith("stopped"):
         # The stop cut the stream: say why it came. A stream that had ended on its own (and
         # whose wait for a return the stop cut short) keeps its own reason.

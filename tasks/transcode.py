@@ -25,6 +25,15 @@ def _worth_retrying(task: Task[..., object], run: TaskRun, state: State[object])
 )
 def transcode_recording(recording: Recording, mode: RecordMode) -> TranscodeReport:
     """Make the MP3/MP4 the Mode asks for, beside the recording's segments."""
+    if recording.live is not None:
+        get_run_logger().info(
+            "%s: %s was made while recording (%.1f s; %s)",
+            recording.take.anchor,
+            recording.live.path.name,
+            recording.live.seconds,
+            ", ".join(recording.live.streams),
+        )
+        return recording.live
     destination = recording.folder / f"{recording.take.name}.{EXTENSIONS[mode]}"
     report = transcode(segment_files(recording.folder), mode, destination)
     get_run_logger().info(

@@ -25,6 +25,9 @@ def upload(session: RoomSession, take: Take, product: TranscodeReport, location:
 
     `location` is the request's CosConfig, keys included: task inputs are not persisted,
     and the result (a URL) holds no secret."""
+    if product.stored_url:
+        get_run_logger().info("%s: stored %s while recording", take.anchor, product.stored_url)
+        return product.stored_url
     extension = product.path.suffix.lstrip(".")
     key = recording_key(session.cos_path, session.room, take.anchor, take.started_at, extension)
     storage = open_storage(RecorderSettings(), location)

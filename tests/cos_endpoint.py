@@ -284,6 +284,13 @@ class CosEndpoint:
         with self._lock:
             return sorted(self._objects)
 
+    def clear(self) -> None:
+        """Forget every object, every upload and what was seen (a benchmark's next round)."""
+        with self._lock:
+            self._objects.clear()
+            self._uploads.clear()
+            self.seen.clear()
+
     def put(self, key: str, data: bytes) -> None:
         """Seed an object as if it had been uploaded earlier."""
         stored = _new_object(bytes(data), {})

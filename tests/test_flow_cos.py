@@ -246,3 +246,29 @@ def test_temporary_credentials_from_the_environment_and_two_503s(
     assert_secrets_absent(
         state.state_details.flow_run_id, [token, "tmp-key-NEVER-STORE-4d", USER_SIG], expect_in_logs="stored"
     )
+
+
+def test_files_are_stored_while_recording_and_the_steps_after_only_report_them(
+    endpoint: CosEndpoint, tmp_path: Path
+) -> None:
+    """The default: each take goes to COS as it is recorded; the transcode and upload steps
+    find it done. What is stored is a whole MP4 that plays to the end, and nothing is left
+    behind: no local copy, no unfinished upload in the bucket."""
+    request = parse_request(_request())
+    with SimRoom(request.SdkAppId, request.room, TWO_ANCHORS):
+        document, state = run_request(request)
+
+    assert state.is_completed(), state.message
+    assert [(f.UserId, f.Status) for f in document.Files] == [("teacher", 1), ("student_1", 1)]
+    for entry, seconds in zip(document.Files, (3.0, 2.0), strict=True):
+        copy = tmp_path / f"{entry.UserId}.mp4"
+        copy.write_bytes(_read_back(endpoint, _key(entry.RecordFile)))
+        probe = ffprobe(copy)
+        assert (probe.codec("video"), probe.codec("audio")) == ("h264", "aac")
+        assert probe.duration == pytest.approx(seconds, abs=0.7)
+        assert decode_to_end(copy)["audio"] == pytest.approx(seconds, abs=0.7)
+    assert endpoint.pending_uploads() == []
+    assert not any((tmp_path / "work").rglob("*.mp4"))
+    assert_secrets_absent(
+        state.state_details.flow_run_id, [SECRET_KEY, USER_SIG], expect_in_logs="while recording"
+    )

@@ -9,10 +9,12 @@ name is always complete.
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import av
 from av.audio.frame import AudioFrame
@@ -26,6 +28,8 @@ from recorder.media.segment_reader import SegmentReader
 from recorder.media.timeline import Timeline
 
 EXTENSIONS: dict[str, str] = {"00": "mp3", "01": "mp4", "02": "mp4"}
+# Where a converted file is written: a path, or a file object PyAV writes and seeks in.
+Output = str | BinaryIO | io.RawIOBase
 # What MP4 carries as-is; anything else is encoded to H.264 / AAC.
 MP4_VIDEO_CODECS = frozenset({"h264", "hevc", "av1", "vp9", "mpeg4"})
 MP4_AUDIO_CODECS = frozenset({"aac", "mp3", "opus", "alac", "flac", "ac3", "eac3"})
@@ -41,6 +45,8 @@ class TranscodeReport:
     streams: list[str]  # e.g. ["video:h264 (copied)", "audio:aac (copied)"]
     seconds: float
     note: str = ""  # what the user should know although it worked
+    # Where the file is stored already, when it was stored while being written (live).
+    stored_url: str = ""
 
 
 def _wanted_types(mode: str) -> tuple[str, ...]:
@@ -55,7 +61,8 @@ def transcode(segments: Sequence[Path], mode: str, destination: Path) -> Transco
         raise TranscodeError("the recording has no media on disk")
     partial = destination.with_name(destination.name + ".part")
     try:
-        report = _convert(segments, mode, destination, partial)
+        with SegmentReader(segments) as reader:
+            report = convert(reader, mode, destination, str(partial))
     except TranscodeError:
         partial.unlink(missing_ok=True)
         raise
@@ -66,8 +73,18 @@ def transcode(segments: Sequence[Path], mode: str, destination: Path) -> Transco
     return report
 
 
-def _convert(segments: Sequence[Path], mode: str, destination: Path, partial: Path) -> TranscodeReport:
-    with SegmentReader(segments) as reader, av.open(reader, "r", format="mpegts") as source:
+def convert(
+    reader: io.RawIOBase, mode: str, destination: Path, output: Output, *, faststart: bool = True
+) -> TranscodeReport:
+    """Read a recording's MPEG-TS from `reader`, write the Mode's file to `output` (a path
+    or a writable, seekable file object); the report names `destination`.
+
+    `faststart` moves the MP4 index to the front, so a player starts before the download
+    ends; it rewrites the whole file at the end, so a file stored while it is written has
+    its index at the end instead (where FFmpeg puts it by default: every player reads it)."""
+    if mode not in EXTENSIONS:
+        raise TranscodeError(f'unknown Mode {mode!r}: expected "00", "01" or "02"')
+    with av.open(reader, "r", format="mpegts") as source:
         media: list[AudioStream | VideoStream] = [
             s for s in source.streams if isinstance(s, (AudioStream, VideoStream))
         ]
@@ -85,8 +102,8 @@ def _convert(segments: Sequence[Path], mode: str, destination: Path, partial: Pa
         if mode == "00":
             audio = chosen[0]
             assert isinstance(audio, AudioStream)
-            return _encode_mp3(source, audio, destination, partial)
-        report = _to_mp4(source, chosen, destination, partial)
+            return _encode_mp3(source, audio, destination, output)
+        report = _to_mp4(source, chosen, destination, output, faststart)
         if missing:
             report.note = f"the anchor published no {' and no '.join(missing)}"
         return report
@@ -105,10 +122,12 @@ def _to_mp4(
     source: InputContainer,
     chosen: list[AudioStream | VideoStream],
     destination: Path,
-    partial: Path,
+    output: Output,
+    faststart: bool,
 ) -> TranscodeReport:
     described: list[str] = []
-    with av.open(str(partial), "w", format="mp4", options={"movflags": "+faststart"}) as sink:
+    options = {"movflags": "+faststart"} if faststart else {}
+    with av.open(output, "w", format="mp4", options=options) as sink:
         copies: dict[int, Stream] = {}
         encodes: dict[int, AudioStream | VideoStream] = {}
         for stream in chosen:
@@ -149,9 +168,9 @@ def _encode_mp3(
     source: InputContainer,
     audio: AudioStream,
     destination: Path,
-    partial: Path,
+    output: Output,
 ) -> TranscodeReport:
-    with av.open(str(partial), "w", format="mp3") as sink:
+    with av.open(output, "w", format="mp3") as sink:
         encoder = sink.add_stream("libmp3lame", rate=audio.sample_rate, layout=audio.layout.name)
         encoder.bit_rate = 64000 * audio.channels
         samples = 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Protocol
 
@@ -25,3 +26,16 @@ class Storage(Protocol):
     def store(self, source: Path, key: str) -> str:
         """Store `source` under `key` (never replacing an earlier object); return its URL."""
         ...
+
+
+class LiveObject(Protocol):
+    """A stored file being written (see recorder.live_finish): the muxer writes to `output`
+    (a path, or a file object); `finish()` makes it whole and returns its URL; `abort()`
+    leaves nothing behind."""
+
+    @property
+    def output(self) -> str | io.RawIOBase: ...
+
+    def finish(self) -> str: ...
+
+    def abort(self) -> None: ...

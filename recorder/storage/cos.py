@@ -20,6 +20,7 @@ from recorder.request import CosLocation
 from recorder.settings import RecorderSettings
 from recorder.storage.base import StorageError
 from recorder.storage.cos_errors import explain
+from recorder.storage.cos_live import CosLiveUpload
 from recorder.storage.cos_multipart import MultipartUpload
 from recorder.storage.credentials import CosCredentials
 from recorder.storage.integrity import file_crc64
@@ -93,6 +94,21 @@ class CosStorage:
                         return self.url(candidate)
             except CosException as exc:
                 raise self._error(exc) from None
+        raise StorageError(
+            f"{key} and its -1 to -{MAX_ALTERNATIVE_KEYS} variants all hold other files", permanent=True
+        )
+
+    def open_live(self, key: str, spool: Path) -> CosLiveUpload:
+        """A file object whose bytes go to COS under `key` (or the first free variant) while
+        it is written; `finish()` completes it. Parts wait in `spool` until sent."""
+        try:
+            for candidate in _alternative_keys(key):
+                if self._stored_size_and_crc(candidate) is None:
+                    return CosLiveUpload(
+                        self.client, self.bucket, candidate, self.url(candidate), spool, self.part_size
+                    )
+        except CosException as exc:
+            raise self._error(exc) from None
         raise StorageError(
             f"{key} and its -1 to -{MAX_ALTERNATIVE_KEYS} variants all hold other files", permanent=True
         )

@@ -46,6 +46,37 @@ class LocalStorage:
                 partial.unlink(missing_ok=True)
         return stored.as_uri()
 
+    def open_live(self, key: str) -> LocalLiveFile:
+        """A file written straight into the storage folder under a private temporary name,
+        given the key's name (or a free variant) when finished."""
+        target = self._target(key)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+            os.close(fd)
+        except OSError as exc:
+            raise StorageError(f"{exc.strerror or exc} ({exc.filename or self.root})") from exc
+        return LocalLiveFile(Path(name), target)
+
+
+class LocalLiveFile:
+    def __init__(self, partial: Path, target: Path) -> None:
+        self._partial = partial
+        self._target = target
+
+    @property
+    def output(self) -> str:
+        return str(self._partial)
+
+    def finish(self) -> str:
+        try:
+            return _link_to_free_name(self._partial, self._target).as_uri()
+        finally:
+            self._partial.unlink(missing_ok=True)
+
+    def abort(self) -> None:
+        self._partial.unlink(missing_ok=True)
+
 
 def _link_to_free_name(partial: Path, target: Path) -> Path:
     """Give the finished file the key's name, or `name-N.ext` if that is taken: a
