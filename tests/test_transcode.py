@@ -118,3 +118,22 @@ def test_codecs_mp4_does_not_copy_are_encoded_to_h264_and_aac(tmp_path: Path) ->
     reached = decode_to_end(tmp_path / "encoded.mp4")
     assert reached["video"] == pytest.approx(reached["audio"], abs=0.15)
     assert report.seconds == pytest.approx(2.0, abs=0.3)
+
+
+def test_mode_00_is_mono_32_khz_96_kbps(recorded: dict[str, Path], tmp_path: Path) -> None:
+    # One channel at 32 kHz: what speech recognition takes and all that 64 kb/s AAC carries,
+    # at a fraction of the encoding time of 48 kHz stereo (bench/transcode_vs_ffmpeg.py).
+    audio = ffprobe(_make(recorded, "av", "00", tmp_path)).streams["audio"]
+    assert (audio["sample_rate"], audio["channels"], audio["bit_rate"]) == ("32000", 1, "96000")
+
+
+def test_mode_00_resampled_keeps_the_sound_to_its_end(tmp_path: Path) -> None:
+    # 44.1 kHz MP2 in, 32 kHz MP3 out: the resampler and the encoder are flushed, so the MP3
+    # lasts as long as the decoded source. FFmpeg decodes LAME's MP3 up to one frame (1152
+    # samples, 36 ms) longer than what was encoded, the `ffmpeg` command's MP3 alike.
+    segments = _mpeg2_recording(tmp_path / "mpeg2", 2.0)
+    report = transcode(segments, "00", tmp_path / "resampled.mp3")
+    assert report.seconds == pytest.approx(2.0, abs=0.1)
+    reached = decode_to_end(tmp_path / "resampled.mp3")["audio"]
+    assert report.seconds - 0.005 <= reached <= report.seconds + 0.036 + 0.005
+    assert ffprobe(tmp_path / "resampled.mp3").duration == pytest.approx(reached, abs=0.01)

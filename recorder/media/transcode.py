@@ -171,8 +171,15 @@ def _encode_mp3(
     output: Output,
 ) -> TranscodeReport:
     with av.open(output, "w", format="mp3") as sink:
-        encoder = sink.add_stream("libmp3lame", rate=audio.sample_rate, layout=audio.layout.name)
-        encoder.bit_rate = 64000 * audio.channels
+        # Mono at 32 kHz, 96 kb/s CBR, LAME -q 7: for listening and for speech recognition, at
+        # a fifth of the CPU of 48 kHz stereo at LAME's default -q 3. TRTC's AAC (64 kb/s
+        # stereo) keeps nothing above about 15 kHz, which 32 kHz still carries; its voices
+        # come from mono microphones, and ASR takes mono. LAME's time grows with samples and
+        # channels, hardly with bit rate, so bits make up for -q 7 leaving out noise shaping
+        # (-q 3 takes 1.5 to 1.8 times as long). bench/transcode_vs_ffmpeg.py measures it.
+        encoder = sink.add_stream("libmp3lame", rate=32000, layout="mono", options={"compression_level": "7"})
+        encoder.format = "fltp"  # as AAC decodes; libmp3lame's default s32p is a round trip
+        encoder.bit_rate = 96000
         samples = 0
         for frame in source.decode(audio):
             samples += frame.samples
