@@ -164,21 +164,25 @@ def _copy_packets(
 ) -> str:
     last_progress = time.monotonic()
     timeline = Timeline()
+    # Per packet, in seconds: a float per stream, not a Fraction per packet (this loop runs
+    # some 70 times a second for every stream a process records).
+    seconds_per_tick = {i: float(source.streams[i].time_base or 0) for i in outputs}
     try:
         for packet in source.demux(*[source.streams[i] for i in outputs]):
             if packet.dts is None:
                 continue  # the demuxer's flush packet at the end
             timeline.place(packet)
-            dts = float(packet.dts * packet.time_base)
+            index = packet.stream.index
+            dts = packet.dts * seconds_per_tick[index]
             size = packet.size
-            encoder = encoders.get(packet.stream.index)
-            if encoder is None:
-                packet.stream = outputs[packet.stream.index]
-                written = [packet]
-            else:
-                written = encoder.encode(packet)
+            encoder = encoders.get(index)
+            encoded = None if encoder is None else encoder.encode(packet)
             try:
-                sink.mux(written)
+                if encoded is None:
+                    packet.stream = outputs[index]
+                    sink.mux_one(packet)
+                else:
+                    sink.mux(encoded)
             except (av.FFmpegError, OSError) as exc:
                 # Apart from the read errors below: the source is fine, the disk is not.
                 # Reading on would only drop what cannot be written; stop, keep what is there.
