@@ -55,9 +55,7 @@ from recorder.media.transcode import EXTENSIONS, transcode  # noqa: E402
 from recorder.recording import record_take  # noqa: E402
 from recorder.request import CosLocation  # noqa: E402
 from recorder.settings import RecorderSettings  # noqa: E402
-from recorder.storage import LocalStorage, open_storage  # noqa: E402
-from recorder.storage.base import LiveObject  # noqa: E402
-from recorder.storage.cos import CosStorage  # noqa: E402
+from recorder.storage import open_storage  # noqa: E402
 from recorder.storage.keys import recording_key  # noqa: E402
 from recorder.workspace import Take  # noqa: E402
 from tests.cos_endpoint import CosEndpoint  # noqa: E402
@@ -207,7 +205,6 @@ def run_one(
     watcher.start()
     sampler = _DiskSampler(folder)
     finisher: LiveFinisher | None = None
-    stored: LiveObject
     try:
         _on_air(server, stream)
         take = Take(anchor="a", started_at=datetime.now(UTC), stream_url=f"{server.rtmp_url}/{stream}")
@@ -215,12 +212,7 @@ def run_one(
         destination = folder / f"{take.name}.{extension}"
         key = recording_key("/bench", "room", take.anchor, take.started_at, extension)
         if live:
-            if isinstance(storage, CosStorage):
-                stored = storage.open_live(key, folder)
-            else:
-                assert isinstance(storage, LocalStorage)
-                stored = storage.open_live(key)
-            finisher = LiveFinisher(folder, mode, destination, stored)
+            finisher = LiveFinisher(folder, mode, destination, storage.open_live(key, folder))
         record_take(take, folder, settings)
         watcher.join(timeout=60)
         lag = sum(p.stat().st_size for p in segment_files(folder)) - (finisher.consumed if finisher else 0)

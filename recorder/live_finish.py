@@ -32,7 +32,6 @@ class LiveFinisher:
     recording failed."""
 
     def __init__(self, folder: Path, mode: str, destination: Path, stored: LiveObject | None = None) -> None:
-        self._folder = folder
         self._mode = mode
         self._destination = destination
         self._stored = stored
@@ -51,9 +50,8 @@ class LiveFinisher:
         return self._reader.consumed
 
     def _run(self) -> None:
-        reader = self._reader
         try:
-            with reader:
+            with self._reader as reader:
                 output = self._stored.output if self._stored is not None else str(self._partial)
                 report = convert(reader, self._mode, self._destination, output, faststart=False)
             if self._stored is not None:

@@ -11,12 +11,10 @@ from recorder.media.transcode import EXTENSIONS
 from recorder.recording import Recording, record_take
 from recorder.request import CosLocation
 from recorder.settings import RecorderSettings
-from recorder.storage import LocalStorage, StorageError, open_storage
+from recorder.storage import StorageError, open_storage
 from recorder.storage.base import LiveObject
-from recorder.storage.cos import CosStorage
-from recorder.storage.keys import recording_key
 from recorder.workspace import Take, Workspace
-from tasks.session import RoomSession
+from tasks.session import RoomSession, converted_file, stored_key
 
 PROGRESS_EVERY_SECONDS = 30.0
 
@@ -45,18 +43,13 @@ def _start_live_finish(
     either way the ordinary steps do the work later."""
     if not settings.live_finish:
         return None
-    extension = EXTENSIONS[session.mode]
-    destination = folder / f"{take.name}.{extension}"
+    destination = converted_file(folder, take, session.mode)
     stored: LiveObject | None = None
     # A local copy to keep (keep_local_copy) is written here and stored afterwards.
     if not settings.keep_local_copy:
-        key = recording_key(session.cos_path, session.room, take.anchor, take.started_at, extension)
+        key = stored_key(session, take, EXTENSIONS[session.mode])
         try:
-            storage = open_storage(settings, location)
-            if isinstance(storage, CosStorage):
-                stored = storage.open_live(key, folder)
-            elif isinstance(storage, LocalStorage):
-                stored = storage.open_live(key)
+            stored = open_storage(settings, location).open_live(key, folder)
         except StorageError as exc:
             get_run_logger().warning("%s: not storing while recording: %s", take.anchor, exc)
             return None

@@ -10,8 +10,11 @@ from prefect.client.schemas.objects import TaskRun
 from prefect.states import State
 from pydantic import BaseModel, ConfigDict
 
+from recorder.media.transcode import EXTENSIONS
 from recorder.request import RecordMode
 from recorder.storage import StorageError
+from recorder.storage.keys import recording_key
+from recorder.workspace import Take
 
 
 class RoomSession(BaseModel):
@@ -28,6 +31,16 @@ class RoomSession(BaseModel):
     # How Messages name the storage ("COS", "local storage").
     storage_label: str
     joined_at: datetime
+
+
+def converted_file(folder: Path, take: Take, mode: RecordMode) -> Path:
+    """Where a take's MP3/MP4 is made: beside its segments."""
+    return folder / f"{take.name}.{EXTENSIONS[mode]}"
+
+
+def stored_key(session: RoomSession, take: Take, extension: str) -> str:
+    """The key a take's file is stored under (before any `-N` for a key already taken)."""
+    return recording_key(session.cos_path, session.room, take.anchor, take.started_at, extension)
 
 
 def worth_retrying(task: Task[..., object], run: TaskRun, state: State[object]) -> bool:

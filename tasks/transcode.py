@@ -5,9 +5,10 @@ from prefect.client.schemas.objects import TaskRun
 from prefect.states import State
 
 from recorder.media.capture import segment_files
-from recorder.media.transcode import EXTENSIONS, TranscodeError, TranscodeReport, transcode
+from recorder.media.transcode import TranscodeError, TranscodeReport, transcode
 from recorder.recording import Recording
 from recorder.request import RecordMode
+from tasks.session import converted_file
 
 
 def _worth_retrying(task: Task[..., object], run: TaskRun, state: State[object]) -> bool:
@@ -34,7 +35,7 @@ def transcode_recording(recording: Recording, mode: RecordMode) -> TranscodeRepo
             ", ".join(recording.live.streams),
         )
         return recording.live
-    destination = recording.folder / f"{recording.take.name}.{EXTENSIONS[mode]}"
+    destination = converted_file(recording.folder, recording.take, mode)
     report = transcode(segment_files(recording.folder), mode, destination)
     get_run_logger().info(
         "%s: wrote %s (%.1f s; %s)",

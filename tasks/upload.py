@@ -8,9 +8,8 @@ from recorder.media.transcode import TranscodeReport
 from recorder.request import CosLocation
 from recorder.settings import RecorderSettings
 from recorder.storage import open_storage
-from recorder.storage.keys import recording_key
 from recorder.workspace import Take
-from tasks.session import RoomSession, worth_retrying
+from tasks.session import RoomSession, stored_key, worth_retrying
 
 
 # Retries and their backoff come from the settings (see record_room's `_start`).
@@ -29,7 +28,7 @@ def upload(session: RoomSession, take: Take, product: TranscodeReport, location:
         get_run_logger().info("%s: stored %s while recording", take.anchor, product.stored_url)
         return product.stored_url
     extension = product.path.suffix.lstrip(".")
-    key = recording_key(session.cos_path, session.room, take.anchor, take.started_at, extension)
+    key = stored_key(session, take, extension)
     storage = open_storage(RecorderSettings(), location)
     size = product.path.stat().st_size
     started = time.monotonic()

@@ -192,7 +192,7 @@ def test_root_that_cannot_be_created_raises_a_readable_error(
 
 def test_a_live_file_is_written_in_the_storage_folder_and_named_when_finished(tmp_path: Path) -> None:
     storage = LocalStorage(tmp_path / "store")
-    live = storage.open_live("room/anchor.mp4")
+    live = storage.open_live("room/anchor.mp4", tmp_path)
     Path(live.output).write_bytes(b"recorded live")
     target = tmp_path / "store" / "room" / "anchor.mp4"
     assert not target.exists()  # nothing under the final name until it is whole
@@ -204,10 +204,10 @@ def test_a_live_file_is_written_in_the_storage_folder_and_named_when_finished(tm
 def test_a_live_file_never_overwrites_and_abort_leaves_nothing(tmp_path: Path) -> None:
     storage = LocalStorage(tmp_path / "store")
     first = storage.store(source_file(tmp_path, b"first"), "room/anchor.mp4")
-    live = storage.open_live("room/anchor.mp4")
+    live = storage.open_live("room/anchor.mp4", tmp_path)
     Path(live.output).write_bytes(b"second")
     second = live.finish()
     assert path_of(first).read_bytes() == b"first" and path_of(second).name == "anchor-1.mp4"
-    abandoned = storage.open_live("room/other.mp4")
+    abandoned = storage.open_live("room/other.mp4", tmp_path)
     abandoned.abort()
     assert sorted(p.name for p in path_of(first).parent.iterdir()) == ["anchor-1.mp4", "anchor.mp4"]

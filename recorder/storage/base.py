@@ -27,6 +27,11 @@ class Storage(Protocol):
         """Store `source` under `key` (never replacing an earlier object); return its URL."""
         ...
 
+    def open_live(self, key: str, spool: Path) -> LiveObject:
+        """A file stored under `key` (or a free variant) while it is written; what waits to
+        be sent is kept in `spool`."""
+        ...
+
 
 class LiveObject(Protocol):
     """A stored file being written (see recorder.live_finish): the muxer writes to `output`

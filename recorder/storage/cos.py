@@ -94,9 +94,7 @@ class CosStorage:
                         return self.url(candidate)
             except CosException as exc:
                 raise self._error(exc) from None
-        raise StorageError(
-            f"{key} and its -1 to -{MAX_ALTERNATIVE_KEYS} variants all hold other files", permanent=True
-        )
+        raise _no_free_key(key)
 
     def open_live(self, key: str, spool: Path) -> CosLiveUpload:
         """A file object whose bytes go to COS under `key` (or the first free variant) while
@@ -109,9 +107,7 @@ class CosStorage:
                     )
         except CosException as exc:
             raise self._error(exc) from None
-        raise StorageError(
-            f"{key} and its -1 to -{MAX_ALTERNATIVE_KEYS} variants all hold other files", permanent=True
-        )
+        raise _no_free_key(key)
 
     def _stored_size_and_crc(self, key: str) -> tuple[int, int] | None:
         try:
@@ -145,6 +141,12 @@ class CosStorage:
             raise StorageError(
                 f"COS reports CRC64 {reported} for {key}, but the file's is {crc}: the upload was damaged"
             )
+
+
+def _no_free_key(key: str) -> StorageError:
+    return StorageError(
+        f"{key} and its -1 to -{MAX_ALTERNATIVE_KEYS} variants all hold other files", permanent=True
+    )
 
 
 def _alternative_keys(key: str) -> list[str]:

@@ -46,9 +46,9 @@ class LocalStorage:
                 partial.unlink(missing_ok=True)
         return stored.as_uri()
 
-    def open_live(self, key: str) -> LocalLiveFile:
+    def open_live(self, key: str, spool: Path) -> LocalLiveFile:
         """A file written straight into the storage folder under a private temporary name,
-        given the key's name (or a free variant) when finished."""
+        given the key's name (or a free variant) when finished; nothing waits in `spool`."""
         target = self._target(key)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
