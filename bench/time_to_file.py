@@ -212,11 +212,14 @@ def run_one(
         destination = folder / f"{take.name}.{extension}"
         key = recording_key("/bench", "room", take.anchor, take.started_at, extension)
         if live:
-            finisher = LiveFinisher(folder, mode, destination, storage.open_live(key, folder))
+            finisher = LiveFinisher.to_storage(
+                folder, mode, lambda index: destination, lambda start: storage.open_live(key, folder)
+            )
         record_take(take, folder, settings)
         watcher.join(timeout=60)
         lag = sum(p.stat().st_size for p in segment_files(folder)) - (finisher.consumed if finisher else 0)
-        report = finisher.finish() if finisher else None
+        reports = finisher.finish() if finisher else None
+        report = reports[0] if reports else None
         how = "live"
         if report is None:
             how = f"after the end ({finisher.failure})" if finisher else "after the end"

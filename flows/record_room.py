@@ -10,6 +10,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -23,7 +24,7 @@ from flows.interrupted import deliver_after_cancellation, deliver_after_crash
 from flows.room_roster import read_roster
 from flows.runs import publish_result, stop_requested
 from recorder.media.transcode import TranscodeReport
-from recorder.outcome import StepFailure, file_entry
+from recorder.outcome import StepFailure, file_entries
 from recorder.recording import RECONNECTING_FILE, Recording
 from recorder.recovery import forget_report, mark_reported, write_run_record
 from recorder.request import CosLocation, RecordingRequest
@@ -35,6 +36,7 @@ from recorder.rooms.trtc import RELAYS_FILE, TrtcRoom
 from recorder.sealing import unseal_secrets
 from recorder.settings import RecorderSettings
 from recorder.storage import STORAGE_LABELS, StorageError
+from recorder.stored_journal import StoredJournal
 from recorder.workspace import Take, Workspace
 from tasks.callback import send_callback
 from tasks.cleanup import cleanup
@@ -55,15 +57,23 @@ TRTC_IDLE_FALLBACK_SECONDS = 10
 class AnchorPipeline:
     take: Take
     recorded: PrefectFuture[Recording]
-    converted: PrefectFuture[TranscodeReport]
-    stored: PrefectFuture[str]
+    converted: PrefectFuture[list[TranscodeReport]]
+    stored: PrefectFuture[list[str]]
     storage_label: str
+    folder: Path
 
-    def entry(self) -> FileEntry:
+    def entries(self) -> list[FileEntry]:
         recorded = _outcome(self.recorded)
         converted = _outcome(self.converted)
         stored = _outcome(self.stored)
-        return file_entry(self.take.anchor, recorded, converted, stored, self.storage_label)
+        return file_entries(
+            self.take.anchor,
+            recorded,
+            converted,
+            stored,
+            self.storage_label,
+            stored_before=StoredJournal(self.folder).urls(),
+        )
 
 
 def _outcome(future: PrefectFuture[T]) -> T | StepFailure | None:
@@ -85,14 +95,15 @@ def _start(
     recorded = record.submit(session, take, location)
     # Futures as arguments: Prefect waits for them and passes their values (its type hints
     # do not say so).
-    converted = transcode_recording.submit(recorded, session.mode)  # type: ignore[call-overload]
+    converted = transcode_recording.submit(recorded, session.mode, session.max_file_seconds)  # type: ignore[call-overload]
     uploading = upload.with_options(
         retries=settings.upload_attempts - 1,
         retry_delay_seconds=exponential_backoff(settings.upload_backoff_seconds),
         retry_jitter_factor=0.2,
     )
     stored = uploading.submit(session, take, converted, location)
-    return AnchorPipeline(take, recorded, converted, stored, session.storage_label)
+    folder = Workspace(session.run_dir).folder(take)
+    return AnchorPipeline(take, recorded, converted, stored, session.storage_label, folder)
 
 
 def _watch_room(
@@ -300,7 +311,7 @@ def record_room(
         for anchor, message in sorted(failures.items())
         if anchor not in recorded
     ]
-    document = ResultDocument.for_request(request, [p.entry() for p in ordered] + refused)
+    document = ResultDocument.for_request(request, [e for p in ordered for e in p.entries()] + refused)
     problems = [f"{f.UserId}: {f.Message}" for f in document.failed]
     undelivered = _report(request, document)
     problems += undelivered

@@ -29,8 +29,8 @@ class Recording(BaseModel):
     streams: list[str]
     seconds: float
     ended_because: str
-    # The final file, made while recording (see recorder.live_finish); None: not made live.
-    live: TranscodeReport | None = None
+    # The final file(s), made while recording (see recorder.live_finish); None: not made live.
+    live: list[TranscodeReport] | None = None
 
 
 def record_take(

@@ -121,6 +121,10 @@ class RecordingRequest(BaseModel):
     MaxIdleTime: Annotated[int, Field(ge=1, le=86400, strict=True)] = 300
     # Beyond the original: record only these anchors (UserIds); absent, every anchor.
     Anchors: list[str] | None = None
+    # Beyond the original, as TRTC's cloud recording has it: cut each anchor's recording into
+    # files of at most this many minutes (on keyframes), each its own Files entry. Absent:
+    # RECORDER_MAX_FILE_SECONDS, else one file per anchor's take.
+    MaxMediaFileDuration: Annotated[int, Field(ge=1, le=1440, strict=True)] | None = None
 
     @field_validator("StrRoomId")
     @classmethod
@@ -193,6 +197,7 @@ ECHOED_FIELDS = frozenset(
         "UserId",
         "Mode",
         "MaxIdleTime",
+        "MaxMediaFileDuration",
         "Callback",
         "CosConfig.Region",
         "CosConfig.Bucket",
@@ -224,6 +229,7 @@ def _describe(error: Any) -> str:
             "SdkAppId": "an integer from 1 to 4294967295",
             "RoomId": f"an integer from 1 to {ROOM_ID_MAX}",
             "MaxIdleTime": "an integer number of seconds from 1 to 86400",
+            "MaxMediaFileDuration": "an integer number of minutes from 1 to 1440",
         }
         message = "must be " + bounds.get(loc, "an integer")
     elif kind == "literal_error" and loc == "Mode":

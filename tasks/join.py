@@ -40,4 +40,7 @@ def join(request: RecordingRequest, run_dir: Path) -> RoomSession:
         cos_path=request.CosConfig.Path,
         storage_label=STORAGE_LABELS[settings.storage],
         joined_at=datetime.now(UTC),
+        max_file_seconds=(
+            request.MaxMediaFileDuration * 60 if request.MaxMediaFileDuration else settings.max_file_seconds
+        ),
     )

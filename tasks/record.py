@@ -43,17 +43,25 @@ def _start_live_finish(
     either way the ordinary steps do the work later."""
     if not settings.live_finish:
         return None
-    destination = converted_file(folder, take, session.mode)
-    stored: LiveObject | None = None
+
+    def destination_of(index: int) -> Path:
+        return converted_file(folder, take, session.mode, index)
+
     # A local copy to keep (keep_local_copy) is written here and stored afterwards.
-    if not settings.keep_local_copy:
-        key = stored_key(session, take, EXTENSIONS[session.mode])
-        try:
-            stored = open_storage(settings, location).open_live(key, folder)
-        except StorageError as exc:
-            get_run_logger().warning("%s: not storing while recording: %s", take.anchor, exc)
-            return None
-    return LiveFinisher(folder, session.mode, destination, stored)
+    if settings.keep_local_copy:
+        return LiveFinisher.to_folder(folder, session.mode, destination_of, session.max_file_seconds)
+    try:
+        storage = open_storage(settings, location)
+    except StorageError as exc:
+        get_run_logger().warning("%s: not storing while recording: %s", take.anchor, exc)
+        return None
+
+    def open_object(start_seconds: float) -> LiveObject:
+        return storage.open_live(stored_key(session, take, EXTENSIONS[session.mode], start_seconds), folder)
+
+    return LiveFinisher.to_storage(
+        folder, session.mode, destination_of, open_object, session.max_file_seconds
+    )
 
 
 @task(
@@ -91,8 +99,8 @@ def record(session: RoomSession, take: Take, location: CosLocation) -> Recording
         raise
     if live is not None:
         finished = time.monotonic()
-        report = live.finish()
-        if report is None:
+        reports = live.finish()
+        if reports is None:
             logger.warning(
                 "%s: converting while recording failed (%s); converting now", take.anchor, live.failure
             )
@@ -100,10 +108,10 @@ def record(session: RoomSession, take: Take, location: CosLocation) -> Recording
             logger.info(
                 "%s: %s finished %.1f s after the recording",
                 take.anchor,
-                "stored" if report.stored_url else "converted",
+                "stored" if reports[-1].stored_url else "converted",
                 time.monotonic() - finished,
             )
-            recording = recording.model_copy(update={"live": report})
+            recording = recording.model_copy(update={"live": reports})
     if recording.ended_because.startswith("stopped"):
         # The stop cut the stream: say why it came. A stream that had ended on its own (and
         # whose wait for a return the stop cut short) keeps its own reason.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from prefect import Task
@@ -10,11 +10,12 @@ from prefect.client.schemas.objects import TaskRun
 from prefect.states import State
 from pydantic import BaseModel, ConfigDict
 
+from recorder.media.pieces import piece_name
 from recorder.media.transcode import EXTENSIONS
 from recorder.request import RecordMode
 from recorder.storage import StorageError
 from recorder.storage.keys import recording_key
-from recorder.workspace import Take
+from recorder.workspace import Take, Workspace
 
 
 class RoomSession(BaseModel):
@@ -31,16 +32,25 @@ class RoomSession(BaseModel):
     # How Messages name the storage ("COS", "local storage").
     storage_label: str
     joined_at: datetime
+    # Each take is cut into files of at most this long (None: one file per take).
+    max_file_seconds: float | None = None
 
 
-def converted_file(folder: Path, take: Take, mode: RecordMode) -> Path:
-    """Where a take's MP3/MP4 is made: beside its segments."""
-    return folder / f"{take.name}.{EXTENSIONS[mode]}"
+def converted_file(folder: Path, take: Take, mode: RecordMode, index: int = 0) -> Path:
+    """Where a take's MP3/MP4 (or its `index`th piece) is made: beside its segments."""
+    return folder / piece_name(f"{take.name}.{EXTENSIONS[mode]}", index)
 
 
-def stored_key(session: RoomSession, take: Take, extension: str) -> str:
-    """The key a take's file is stored under (before any `-N` for a key already taken)."""
-    return recording_key(session.cos_path, session.room, take.anchor, take.started_at, extension)
+def take_folder(session: RoomSession, take: Take) -> Path:
+    """Where a take's segments, files and journal are."""
+    return Workspace(session.run_dir).folder(take)
+
+
+def stored_key(session: RoomSession, take: Take, extension: str, start_seconds: float = 0.0) -> str:
+    """The key a take's file is stored under (before any `-N` for a key already taken); a
+    piece of a cut take is named for the moment it starts, as the take is for its own."""
+    started = take.started_at + timedelta(seconds=start_seconds)
+    return recording_key(session.cos_path, session.room, take.anchor, started, extension)
 
 
 def worth_retrying(task: Task[..., object], run: TaskRun, state: State[object]) -> bool:

@@ -5,7 +5,7 @@ from prefect.client.schemas.objects import TaskRun
 from prefect.states import State
 
 from recorder.media.capture import segment_files
-from recorder.media.transcode import TranscodeError, TranscodeReport, transcode
+from recorder.media.transcode import TranscodeError, TranscodeReport, transcode_pieces
 from recorder.recording import Recording
 from recorder.request import RecordMode
 from tasks.session import converted_file
@@ -24,24 +24,26 @@ def _worth_retrying(task: Task[..., object], run: TaskRun, state: State[object])
     retry_delay_seconds=1,
     retry_condition_fn=_worth_retrying,
 )
-def transcode_recording(recording: Recording, mode: RecordMode) -> TranscodeReport:
-    """Make the MP3/MP4 the Mode asks for, beside the recording's segments."""
+def transcode_recording(
+    recording: Recording, mode: RecordMode, max_seconds: float | None = None
+) -> list[TranscodeReport]:
+    """Make the MP3/MP4 the Mode asks for beside the recording's segments: one file, or
+    consecutive files of at most `max_seconds` each."""
+    logger = get_run_logger()
+    made_live = recording.live is not None
     if recording.live is not None:
-        get_run_logger().info(
-            "%s: %s was made while recording (%.1f s; %s)",
+        reports = recording.live
+    else:
+        destination = converted_file(recording.folder, recording.take, mode)
+        reports = transcode_pieces(segment_files(recording.folder), mode, destination, max_seconds)
+    for report in reports:
+        logger.info(
+            "%s: %s %s (%.1f s from %.1f s; %s)",
             recording.take.anchor,
-            recording.live.path.name,
-            recording.live.seconds,
-            ", ".join(recording.live.streams),
+            "made while recording:" if made_live else "wrote",
+            report.path.name,
+            report.seconds,
+            report.start_seconds,
+            ", ".join(report.streams),
         )
-        return recording.live
-    destination = converted_file(recording.folder, recording.take, mode)
-    report = transcode(segment_files(recording.folder), mode, destination)
-    get_run_logger().info(
-        "%s: wrote %s (%.1f s; %s)",
-        recording.take.anchor,
-        destination.name,
-        report.seconds,
-        ", ".join(report.streams),
-    )
-    return report
+    return reports

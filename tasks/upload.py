@@ -8,8 +8,9 @@ from recorder.media.transcode import TranscodeReport
 from recorder.request import CosLocation
 from recorder.settings import RecorderSettings
 from recorder.storage import open_storage
+from recorder.stored_journal import StoredJournal
 from recorder.workspace import Take
-from tasks.session import RoomSession, stored_key, worth_retrying
+from tasks.session import RoomSession, stored_key, take_folder, worth_retrying
 
 
 # Retries and their backoff come from the settings (see record_room's `_start`).
@@ -19,27 +20,37 @@ from tasks.session import RoomSession, stored_key, worth_retrying
     persist_result=True,
     retry_condition_fn=worth_retrying,
 )
-def upload(session: RoomSession, take: Take, product: TranscodeReport, location: CosLocation) -> str:
-    """Store the finished file; return its URL (the Files entry's RecordFile).
+def upload(
+    session: RoomSession, take: Take, products: list[TranscodeReport], location: CosLocation
+) -> list[str]:
+    """Store the finished file(s); return their URLs (each a Files entry's RecordFile).
 
     `location` is the request's CosConfig, keys included: task inputs are not persisted,
-    and the result (a URL) holds no secret."""
-    if product.stored_url:
-        get_run_logger().info("%s: stored %s while recording", take.anchor, product.stored_url)
-        return product.stored_url
-    extension = product.path.suffix.lstrip(".")
-    key = stored_key(session, take, extension)
-    storage = open_storage(RecorderSettings(), location)
-    size = product.path.stat().st_size
-    started = time.monotonic()
-    url = storage.store(product.path, key)
-    seconds = time.monotonic() - started
-    get_run_logger().info(
-        "%s: stored %s (%.1f MB in %.1f s, %.1f MB/s)",
-        take.anchor,
-        url,
-        size / 1e6,
-        seconds,
-        size / 1e6 / max(seconds, 1e-3),
-    )
-    return url
+    and the result (URLs) holds no secret. A retry stores only what is not stored yet."""
+    logger = get_run_logger()
+    journal = StoredJournal(take_folder(session, take))
+    storage = None
+    urls: list[str] = []
+    for product in products:
+        url = product.stored_url or journal.urls().get(product.path.name)
+        if url:
+            logger.info("%s: %s is stored (%s), while recording", take.anchor, product.path.name, url)
+            urls.append(url)
+            continue
+        storage = storage or open_storage(RecorderSettings(), location)
+        key = stored_key(session, take, product.path.suffix.lstrip("."), product.start_seconds)
+        size = product.path.stat().st_size
+        started = time.monotonic()
+        url = storage.store(product.path, key)
+        journal.add(product.path.name, url)
+        seconds = time.monotonic() - started
+        logger.info(
+            "%s: stored %s (%.1f MB in %.1f s, %.1f MB/s)",
+            take.anchor,
+            url,
+            size / 1e6,
+            seconds,
+            size / 1e6 / max(seconds, 1e-3),
+        )
+        urls.append(url)
+    return urls

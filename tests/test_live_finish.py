@@ -49,7 +49,10 @@ def _record(
 
     with SimRoom(1400000001, "live", script) as room:
         room.begin()
-        live = LiveFinisher(folder, mode, destination, upload)
+        if upload is None:
+            live = LiveFinisher.to_folder(folder, mode, lambda index: destination)
+        else:
+            live = LiveFinisher.to_storage(folder, mode, lambda index: destination, lambda start: upload)
 
         def progress(report: CaptureReport) -> None:
             recorded.during.append(live.consumed)
@@ -58,7 +61,8 @@ def _record(
 
         capture(room.stream_url("a"), folder, segment_seconds=1.0, read_timeout=10.0, on_progress=progress)
         recorded.ended = time.monotonic()
-        recorded.report = live.finish()
+        reports = live.finish()
+        recorded.report = reports[0] if reports else None
     return recorded, live
 
 
@@ -117,10 +121,10 @@ def test_abort_stops_at_once_and_leaves_no_partial_file(tmp_path: Path) -> None:
     script = SimScript(anchors=[SimAnchor(user_id="a", leave=30.0)])
     with SimRoom(1400000001, "live", script) as room:
         room.begin()
-        live = LiveFinisher(tmp_path, "02", tmp_path / "a.mp4")
+        live = LiveFinisher.to_folder(tmp_path, "02", lambda index: tmp_path / "a.mp4")
         capture(room.stream_url("a"), tmp_path, segment_seconds=1.0, read_timeout=10.0, max_seconds=2.0)
         started = time.monotonic()
         live.abort()
         assert time.monotonic() - started < 5.0  # not waiting for a recording that goes on
-    assert live.report is None
+    assert live.reports is None
     assert not list(tmp_path.glob("a.mp4*"))

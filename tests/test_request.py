@@ -162,6 +162,18 @@ INVALID = [
     pytest.param(changed(("MaxIdleTime", 0)), "MaxIdleTime:", IDLE_RULE, id="maxidletime-zero"),
     pytest.param(changed(("MaxIdleTime", "abc")), "MaxIdleTime:", IDLE_RULE, id="maxidletime-string"),
     pytest.param(
+        changed(("MaxMediaFileDuration", 0)),
+        "MaxMediaFileDuration:",
+        "an integer number of minutes from 1 to 1440",
+        id="maxmediafileduration-zero",
+    ),
+    pytest.param(
+        changed(("MaxMediaFileDuration", 1441)),
+        "MaxMediaFileDuration:",
+        "an integer number of minutes from 1 to 1440",
+        id="maxmediafileduration-over-a-day",
+    ),
+    pytest.param(
         changed(("CosConfig.Path", "a" * 513)), "CosConfig.Path:", "at most 512 bytes", id="path-long"
     ),
     pytest.param(
@@ -253,6 +265,12 @@ def test_empty_str_room_id_counts_as_absent() -> None:
         pytest.param((("StrRoomId", "r" * 64),), "StrRoomId", "r" * 64, id="strroomid-64-bytes"),
         pytest.param((("UserId", "u" * 32),), "UserId", "u" * 32, id="userid-32-chars"),
         pytest.param((("MaxIdleTime", 86400),), "MaxIdleTime", 86400, id="maxidletime-max"),
+        pytest.param(
+            (("MaxMediaFileDuration", 1),), "MaxMediaFileDuration", 1, id="maxmediafileduration-min"
+        ),
+        pytest.param(
+            (("MaxMediaFileDuration", 1440),), "MaxMediaFileDuration", 1440, id="maxmediafileduration-max"
+        ),
         pytest.param((("Mode", "02"),), "Mode", "02", id="mode-02"),
     ],
 )
