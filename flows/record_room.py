@@ -20,6 +20,7 @@ from prefect.runtime import flow_run
 from prefect.states import Failed, State
 from prefect.tasks import exponential_backoff
 
+from flows.artifacts import RunProgress, publish_files
 from flows.interrupted import deliver_after_cancellation, deliver_after_crash
 from flows.room_roster import read_roster
 from flows.runs import publish_result, stop_requested
@@ -33,6 +34,14 @@ from recorder.room_events import RoomRoster
 from recorder.room_watch import RoomWatcher
 from recorder.rooms import open_room
 from recorder.rooms.trtc import RELAYS_FILE, TrtcRoom
+from recorder.run_summary import (
+    FilePreviews,
+    FileRow,
+    TakeProgress,
+    file_rows,
+    summary_markdown,
+    take_progress,
+)
 from recorder.sealing import unseal_secrets
 from recorder.settings import RecorderSettings
 from recorder.storage import STORAGE_LABELS, StorageError
@@ -41,6 +50,7 @@ from recorder.workspace import Take, Workspace
 from tasks.callback import send_callback
 from tasks.cleanup import cleanup
 from tasks.join import join
+from tasks.previews import make_previews
 from tasks.record import record
 from tasks.relays import release_relays
 from tasks.session import RoomSession
@@ -61,6 +71,20 @@ class AnchorPipeline:
     stored: PrefectFuture[list[str]]
     storage_label: str
     folder: Path
+    previews: PrefectFuture[list[FilePreviews]] | None
+
+    def rows(self, mode: str) -> list[FileRow]:
+        """This take's rows in the run's table of files."""
+        converted = _outcome(self.converted)
+        previews: list[FilePreviews] | None = None
+        if self.previews is not None:
+            made = _outcome(self.previews)
+            previews = made if isinstance(made, list) else None
+        return file_rows(mode, self.entries(), converted if isinstance(converted, list) else None, previews)
+
+    def waited_for(self) -> PrefectFuture[Any]:
+        """The last step of this take before the callback."""
+        return self.previews if self.previews is not None else self.stored
 
     def entries(self) -> list[FileEntry]:
         recorded = _outcome(self.recorded)
@@ -95,7 +119,7 @@ def _start(
     recorded = record.submit(session, take, location)
     # Futures as arguments: Prefect waits for them and passes their values (its type hints
     # do not say so).
-    converted = transcode_recording.submit(recorded, session.mode, session.max_file_seconds)  # type: ignore[call-overload]
+    converted = transcode_recording.submit(session, recorded)  # type: ignore[call-overload]
     uploading = upload.with_options(
         retries=settings.upload_attempts - 1,
         retry_delay_seconds=exponential_backoff(settings.upload_backoff_seconds),
@@ -103,7 +127,13 @@ def _start(
     )
     stored = uploading.submit(session, take, converted, location)
     folder = Workspace(session.run_dir).folder(take)
-    return AnchorPipeline(take, recorded, converted, stored, session.storage_label, folder)
+    # Previews come from the segments, so they are made before the cleanup removes them.
+    previews = (
+        make_previews.submit(session, take, converted, stored, location)  # type: ignore[call-overload]
+        if settings.previews
+        else None
+    )
+    return AnchorPipeline(take, recorded, converted, stored, session.storage_label, folder, previews)
 
 
 def _watch_room(
@@ -112,10 +142,11 @@ def _watch_room(
     workspace: Workspace,
     settings: RecorderSettings,
     max_seconds: int | None,
-) -> tuple[dict[str, AnchorPipeline], dict[str, str]]:
+    progress: RunProgress,
+) -> tuple[dict[str, AnchorPipeline], dict[str, str], str]:
     """Start a pipeline for every anchor who publishes, until the room is over for us; the
-    pipelines, and the anchors that could not be recorded with why."""
-    logger = get_run_logger()
+    pipelines, the anchors that could not be recorded with why, and why it ended."""
+    logger = get_run_logger(room=session.room)
     room = open_room(
         settings,
         session.sdk_app_id,
@@ -133,7 +164,8 @@ def _watch_room(
     refused: dict[str, str] = {}  # anchors whose recording could not start, and why
     ended: set[str] = set()  # takes whose recording ended (told to the watcher once)
     with _RunSignals(request if isinstance(room, TrtcRoom) else None) as signals:
-        deadline = time.monotonic() + max_seconds if max_seconds else None
+        watch_started = time.monotonic()
+        deadline = watch_started + max_seconds if max_seconds else None
         while True:
             roster = signals.roster()
             if roster is not None and isinstance(room, TrtcRoom):
@@ -183,8 +215,18 @@ def _watch_room(
                     logger.error("could not note that the room is over: %s", exc)
                 logger.info("recording ends: %s", step.stop_reason)
                 failures = room.failures() if isinstance(room, TrtcRoom) else {}
-                return pipelines, {**refused, **failures}
+                return pipelines, {**refused, **failures}, step.stop_reason
+            progress.update(time.monotonic() - watch_started, _progress(pipelines, ended))
             time.sleep(settings.poll_seconds)
+
+
+def _progress(pipelines: dict[str, AnchorPipeline], ended: set[str] | None = None) -> list[TakeProgress]:
+    """Each take's time and bytes so far, from its folder (`ended`: takes whose recording
+    is over; None: all of them)."""
+    return [
+        take_progress(p.take, p.folder, ended is None or name in ended)
+        for name, p in sorted(pipelines.items(), key=lambda item: (item[1].take.started_at, item[0]))
+    ]
 
 
 class _RunSignals:
@@ -269,7 +311,7 @@ def record_room(
     Runs started by the gateway carry the request's secrets in `sealed_secrets` (the
     `request` parameter holds "**********" in their place); they are opened here.
     `max_seconds` ends the recording that long after it started (a scheduled class)."""
-    logger = get_run_logger()
+    logger = get_run_logger(room=request.room)
     settings = RecorderSettings()
     if sealed_secrets is not None:
         request = unseal_secrets(request, sealed_secrets, settings.service_key)
@@ -288,12 +330,17 @@ def record_room(
     forget_report(run_dir)
 
     failures: dict[str, str] = {}
+    started_at = datetime.now(UTC)
+    progress = RunProgress(request.room, max_seconds)
     try:
-        if workspace.closed_reason() is None:
-            pipelines, failures = _watch_room(request, session, workspace, settings, max_seconds)
+        stop_reason = workspace.closed_reason()
+        if stop_reason is None:
+            pipelines, failures, stop_reason = _watch_room(
+                request, session, workspace, settings, max_seconds, progress
+            )
         else:
             # A retried run: the room ended before; deliver the takes the journal lists.
-            logger.info("room closed earlier (%s): finishing its recordings", workspace.closed_reason())
+            logger.info("room closed earlier (%s): finishing its recordings", stop_reason)
             pipelines = {}
     finally:
         # The relays end with the watch, also when it failed: the recordings are on disk.
@@ -303,6 +350,7 @@ def record_room(
         if take.name not in pipelines:
             pipelines[take.name] = _start(session, take, request.CosConfig, settings)
     ordered = sorted(pipelines.values(), key=lambda p: (p.take.started_at, p.take.anchor))
+    progress.update(0.0, _progress(pipelines), phase="converting and storing")
     wait([p.stored for p in ordered])
 
     recorded = {p.take.anchor for p in ordered}
@@ -318,12 +366,39 @@ def record_room(
     delivered = not undelivered
     if delivered:
         mark_reported(run_dir, "the run reported its result")
+    # Previews are for people, not for the callback: it does not wait for them, but the
+    # cleanup does (they are made from the segments).
+    wait([p.waited_for() for p in ordered])
+    _publish_artifacts(request, session, started_at, stop_reason, ordered, refused, progress)
     stored = [p.take for p in ordered if p.stored.state.is_completed()]
     cleanup(session, stored, delivered)
 
     if problems:
         return Failed(message="; ".join(problems), data=document)
     return document
+
+
+def _publish_artifacts(
+    request: RecordingRequest,
+    session: RoomSession,
+    started_at: datetime,
+    stop_reason: str,
+    ordered: list[AnchorPipeline],
+    refused: list[FileEntry],
+    progress: RunProgress,
+) -> None:
+    rows = [row for p in ordered for row in p.rows(request.Mode)]
+    rows += file_rows(request.Mode, refused, None, None)
+    progress.done(
+        (datetime.now(UTC) - started_at).total_seconds(), _progress({p.take.name: p for p in ordered})
+    )
+    summary = summary_markdown(
+        request, session.storage_label, started_at, datetime.now(UTC), stop_reason, rows
+    )
+    try:
+        publish_files(rows, summary)
+    except Exception as exc:  # the files are delivered; a table for the UI is not worth failing for
+        get_run_logger(room=request.room).warning("could not publish the run's artifacts: %s", exc)
 
 
 def _storage_refused(
@@ -347,7 +422,7 @@ def _storage_refused(
     files = [FileEntry(UserId=anchor, RecordFile="", Status=0, Message=message) for anchor in anchors]
     document = ResultDocument.for_request(request, files)
     problems = [message, *_report(request, document)]
-    get_run_logger().error("%s", message)
+    get_run_logger(room=request.room).error("%s", message)
     return Failed(message="; ".join(problems), data=document)
 
 

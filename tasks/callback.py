@@ -15,7 +15,7 @@ from recorder.settings import RecorderSettings
 def send_callback(url: str, document: ResultDocument) -> int:
     """POST the result document: retries, deadline, signature and Idempotency-Key are
     `deliver_result`'s (RECORDER_CALLBACK_*); the key names this flow run and this result."""
-    logger = get_run_logger()
+    logger = get_run_logger(room=document.StrRoomId or document.RoomId)
     status = deliver_result(url, document, RecorderSettings(), run_id=flow_run.get_id(), logger=logger)
     logger.info("callback to %s answered HTTP %s", describe_url(url), status)
     return status

@@ -1,10 +1,10 @@
 from __future__ import annotations
 
-from prefect import get_run_logger, task
+from prefect import task
 
 from recorder.settings import RecorderSettings
 from recorder.workspace import Take, Workspace
-from tasks.session import RoomSession
+from tasks.session import RoomSession, run_logger
 
 
 @task(name="cleanup")
@@ -15,13 +15,13 @@ def cleanup(session: RoomSession, stored: list[Take], delivered: bool) -> int:
     the room is over and which takes it had."""
     workspace = Workspace(session.run_dir)
     if RecorderSettings().keep_local_copy:
-        get_run_logger().info("kept the local copies in %s (keep_local_copy is set)", session.run_dir)
+        run_logger(session).info("kept the local copies in %s (keep_local_copy is set)", session.run_dir)
         return len(workspace.takes())
     for take in stored:
         workspace.discard(take)
     kept = len(workspace.takes())
     if delivered and workspace.discard_if_done():
-        get_run_logger().info("work folder %s removed: every file is stored", session.run_dir)
+        run_logger(session).info("work folder %s removed: every file is stored", session.run_dir)
     else:
-        get_run_logger().warning("kept %d recording(s) in %s: not stored yet", kept, session.run_dir)
+        run_logger(session).warning("kept %d recording(s) in %s: not stored yet", kept, session.run_dir)
     return kept

@@ -3,7 +3,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from prefect import get_run_logger, task
+from prefect import task
 
 from recorder.live_finish import LiveFinisher
 from recorder.media.capture import CaptureReport
@@ -14,7 +14,7 @@ from recorder.settings import RecorderSettings
 from recorder.storage import StorageError, open_storage
 from recorder.storage.base import LiveObject
 from recorder.workspace import Take, Workspace
-from tasks.session import RoomSession, converted_file, stored_key
+from tasks.session import RoomSession, converted_file, run_logger, stored_key
 
 PROGRESS_EVERY_SECONDS = 30.0
 
@@ -53,7 +53,7 @@ def _start_live_finish(
     try:
         storage = open_storage(settings, location)
     except StorageError as exc:
-        get_run_logger().warning("%s: not storing while recording: %s", take.anchor, exc)
+        run_logger(session, take).warning("%s: not storing while recording: %s", take.anchor, exc)
         return None
 
     def open_object(start_seconds: float) -> LiveObject:
@@ -76,7 +76,7 @@ def record(session: RoomSession, take: Take, location: CosLocation) -> Recording
     storing it to COS) on the way.
 
     `location` is the request's CosConfig, keys included: task inputs are not persisted."""
-    logger = get_run_logger()
+    logger = run_logger(session, take)
     settings = RecorderSettings()
     workspace = Workspace(session.run_dir)
     folder = workspace.folder(take)

@@ -1,10 +1,10 @@
 from __future__ import annotations
 
-from prefect import get_run_logger, task
+from prefect import task
 
 from recorder.rooms.trtc import RELAYS_FILE, stop_relays
 from recorder.settings import RecorderSettings
-from tasks.session import RoomSession
+from tasks.session import RoomSession, run_logger
 
 
 @task(name="stop-relays", retries=3, retry_delay_seconds=[2, 5, 15])
@@ -20,5 +20,5 @@ def release_relays(session: RoomSession) -> int:
     if problems:
         # Raised, so Prefect retries; the journal keeps what is still running.
         raise RuntimeError("; ".join(problems))
-    get_run_logger().info("every TRTC relay of the run is stopped")
+    run_logger(session).info("every TRTC relay of the run is stopped")
     return 0

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from logging import Logger, LoggerAdapter
 from pathlib import Path
 
-from prefect import Task
+from prefect import Task, get_run_logger
 from prefect.client.schemas.objects import TaskRun
 from prefect.states import State
 from pydantic import BaseModel, ConfigDict
@@ -39,6 +40,14 @@ class RoomSession(BaseModel):
 def converted_file(folder: Path, take: Take, mode: RecordMode, index: int = 0) -> Path:
     """Where a take's MP3/MP4 (or its `index`th piece) is made: beside its segments."""
     return folder / piece_name(f"{take.name}.{EXTENSIONS[mode]}", index)
+
+
+def run_logger(session: RoomSession, take: Take | None = None) -> Logger | LoggerAdapter[Logger]:
+    """The run's logger, with the room and the anchor on every record (structured logs:
+    Prefect's JSON formatter writes them as fields, beside the flow and task run ids)."""
+    if take is None:
+        return get_run_logger(room=session.room, sdk_app_id=str(session.sdk_app_id))
+    return get_run_logger(room=session.room, sdk_app_id=str(session.sdk_app_id), anchor=take.anchor)
 
 
 def take_folder(session: RoomSession, take: Take) -> Path:

@@ -1,14 +1,13 @@
 from __future__ import annotations
 
-from prefect import Task, get_run_logger, task
+from prefect import Task, task
 from prefect.client.schemas.objects import TaskRun
 from prefect.states import State
 
 from recorder.media.capture import segment_files
 from recorder.media.transcode import TranscodeError, TranscodeReport, transcode_pieces
 from recorder.recording import Recording
-from recorder.request import RecordMode
-from tasks.session import converted_file
+from tasks.session import RoomSession, converted_file, run_logger
 
 
 def _worth_retrying(task: Task[..., object], run: TaskRun, state: State[object]) -> bool:
@@ -24,12 +23,11 @@ def _worth_retrying(task: Task[..., object], run: TaskRun, state: State[object])
     retry_delay_seconds=1,
     retry_condition_fn=_worth_retrying,
 )
-def transcode_recording(
-    recording: Recording, mode: RecordMode, max_seconds: float | None = None
-) -> list[TranscodeReport]:
+def transcode_recording(session: RoomSession, recording: Recording) -> list[TranscodeReport]:
     """Make the MP3/MP4 the Mode asks for beside the recording's segments: one file, or
-    consecutive files of at most `max_seconds` each."""
-    logger = get_run_logger()
+    consecutive files of at most the session's `max_file_seconds` each."""
+    logger = run_logger(session, recording.take)
+    mode, max_seconds = session.mode, session.max_file_seconds
     made_live = recording.live is not None
     if recording.live is not None:
         reports = recording.live

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import time
 
-from prefect import get_run_logger, task
+from prefect import task
 
 from recorder.media.transcode import TranscodeReport
 from recorder.request import CosLocation
@@ -10,7 +10,7 @@ from recorder.settings import RecorderSettings
 from recorder.storage import open_storage
 from recorder.stored_journal import StoredJournal
 from recorder.workspace import Take
-from tasks.session import RoomSession, stored_key, take_folder, worth_retrying
+from tasks.session import RoomSession, run_logger, stored_key, take_folder, worth_retrying
 
 
 # Retries and their backoff come from the settings (see record_room's `_start`).
@@ -27,7 +27,7 @@ def upload(
 
     `location` is the request's CosConfig, keys included: task inputs are not persisted,
     and the result (URLs) holds no secret. A retry stores only what is not stored yet."""
-    logger = get_run_logger()
+    logger = run_logger(session, take)
     journal = StoredJournal(take_folder(session, take))
     storage = None
     urls: list[str] = []

@@ -242,7 +242,7 @@ def _to_mp4(
     # Start the file at zero on one shared offset, so audio and video stay in sync; the
     # segments of a recording retried after a reconnect may restart their clock, which
     # the timeline moves on so that the MP4's timestamps only increase.
-    timeline = Timeline(start=_first_timestamp(chosen))
+    timeline = Timeline(start=first_timestamp(chosen))
     # Pieces are cut on the video's keyframes (a piece must start with a picture a player
     # can show), or anywhere in the audio of a recording without video.
     cut_on = "video" if any(s.type == "video" for s in chosen) else "audio"
@@ -346,7 +346,8 @@ def _encode_mp3(
     return reports
 
 
-def _first_timestamp(streams: Sequence[Stream]) -> float:
+def first_timestamp(streams: Sequence[Stream]) -> float:
+    """Where a recording's timeline starts: the earliest first timestamp of `streams`."""
     starts = [float(s.start_time * s.time_base) for s in streams if s.start_time is not None and s.time_base]
     return min(starts) if starts else 0.0
 

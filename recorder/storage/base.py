@@ -27,6 +27,10 @@ class Storage(Protocol):
         """Store `source` under `key` (never replacing an earlier object); return its URL."""
         ...
 
+    def key_of(self, url: str) -> str:
+        """The key of an object this storage stored, from its URL (a `-N` variant included)."""
+        ...
+
     def open_live(self, key: str, spool: Path) -> LiveObject:
         """A file stored under `key` (or a free variant) while it is written; what waits to
         be sent is kept in `spool`."""

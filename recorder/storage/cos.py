@@ -12,6 +12,7 @@ import posixpath
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 from qcloud_cos import CosConfig, CosS3Client  # type: ignore[import-untyped]
 from qcloud_cos.cos_exception import CosException, CosServiceError  # type: ignore[import-untyped]
@@ -63,6 +64,9 @@ class CosStorage:
 
     def url(self, key: str) -> str:
         return str(self._public.uri(bucket=self.bucket, path=key))
+
+    def key_of(self, url: str) -> str:
+        return unquote(urlparse(url).path).lstrip("/")
 
     def _error(self, exc: CosException) -> StorageError:
         return explain(exc, bucket=self.bucket, region=self.region, credentials_from=self.credentials.source)

@@ -6,6 +6,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 from recorder.storage.base import StorageError
 
@@ -45,6 +46,12 @@ class LocalStorage:
             if partial is not None:
                 partial.unlink(missing_ok=True)
         return stored.as_uri()
+
+    def key_of(self, url: str) -> str:
+        path = Path(unquote(urlparse(url).path))
+        if not path.is_relative_to(self.root):
+            raise StorageError(f"{url} is not in the storage folder {self.root}")
+        return path.relative_to(self.root).as_posix()
 
     def open_live(self, key: str, spool: Path) -> LocalLiveFile:
         """A file written straight into the storage folder under a private temporary name,
