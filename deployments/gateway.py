@@ -10,11 +10,14 @@ function), in front of Prefect.
         is an anchor, dismissed, removed) in a Prefect Variable the recordings read. No API
         key (TRTC cannot send one): the Sign header, HMAC-SHA256 of the body under
         RECORDER_TRTC_CALLBACK_KEY, is the authentication
+    GET  /metrics                     Prometheus metrics (deployments/metrics.py), read from the
+        Prefect API at each scrape; not in the OpenAPI document (it is not the recording API)
     GET  /health                      liveness, no key needed
 
 With RECORDER_API_KEYS set, every call but /health and /trtc/callback needs one of them, as
 `Authorization: Bearer KEY` or `X-Api-Key: KEY`; `recorder serve` refuses to listen beyond
-loopback without keys.
+loopback without keys. /metrics too: give Prometheus the key as its scrape config's
+`authorization: {credentials: KEY}` (sent as `Authorization: Bearer KEY`).
 """
 
 from __future__ import annotations
@@ -29,7 +32,9 @@ from fastapi import Depends, FastAPI, Header, HTTPException, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prefect import get_client
 from prefect.exceptions import ObjectNotFound
+from prometheus_client import CONTENT_TYPE_LATEST
 
+from deployments.metrics import GatewayMetrics, RequestOutcomes
 from flows.room_roster import record_room_event
 from flows.runs import RunFinishedError, read_recording, request_stop, start_recording
 from recorder.request import RecordingRequest, RequestError, parse_request
@@ -54,8 +59,9 @@ def _api_keys(settings: RecorderSettings) -> list[bytes]:
     return [k.strip().encode() for k in settings.api_keys.get_secret_value().split(",") if k.strip()]
 
 
-def create_app(settings: RecorderSettings | None = None) -> FastAPI:
+def create_app(settings: RecorderSettings | None = None, metrics: GatewayMetrics | None = None) -> FastAPI:
     settings = settings or RecorderSettings()
+    metrics = metrics or GatewayMetrics()
     keys = _api_keys(settings)
 
     def authorised(
@@ -71,6 +77,7 @@ def create_app(settings: RecorderSettings | None = None) -> FastAPI:
             raise HTTPException(401, "missing or invalid API key", headers={"WWW-Authenticate": "Bearer"})
 
     app = FastAPI(title="trtc-recorder")
+    app.add_middleware(RequestOutcomes, metrics=metrics, paths=frozenset({"/", "/recordings"}))
     guarded = [Depends(authorised)]
 
     @app.exception_handler(HTTPException)
@@ -80,6 +87,10 @@ def create_app(settings: RecorderSettings | None = None) -> FastAPI:
     @app.get("/health")
     async def health() -> dict[str, bool]:
         return {"ok": True}
+
+    @app.get("/metrics", dependencies=guarded, include_in_schema=False)
+    async def metrics_page() -> Response:
+        return Response(await metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     async def submit(request: Request) -> Response:
         data = await _read_limited(request, MAX_REQUEST_BYTES, "a recording request")
