@@ -8,27 +8,75 @@ import signal
 import sys
 import threading
 import time
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
-from urllib.parse import unquote, urlparse
 
 from pydantic import ValidationError
 
+from flows.cli_view import (
+    ProgressDisplay,
+    RunWatch,
+    error_line,
+    files_table,
+    route_prefect_console,
+    stderr_console,
+    stdout_console,
+)
 from flows.service_commands import add_commands
 from recorder.request import MODE_NAMES, RecordingRequest, RequestError, parse_request
 from recorder.result import ResultDocument
 from recorder.rooms.sim import SimRoom
 from recorder.rooms.sim_script import SimScript, demo_script
+from recorder.settings import RecorderSettings
+from recorder.workspace import Workspace
 
-EXAMPLES = """\
-examples:
-  recorder demo                      two simulated anchors, ~15 s, MP4 audio+video
-  recorder demo --mode 00            the same as MP3 audio files
-  recorder record request.json       one request (the original's JSON) through the flow
-  recorder record request.json --sim-script room.json
-  recorder sim-room --port 8765      serve the demo room for a worker's runs (RECORDER_SIM_ROOM_URL)
-  recorder serve --port 8080         the HTTP gateway in front of the record-room deployment
-  recorder service-key               a new RECORDER_SERVICE_KEY for the gateway and workers
-"""
+# Every command's examples: `recorder --help` lists them all, `recorder COMMAND --help` its own.
+EXAMPLES: dict[str, list[tuple[str, str]]] = {
+    "demo": [
+        ("recorder demo", "two simulated anchors, ~15 s, MP4 audio+video"),
+        ("recorder demo --mode 00", "the same as MP3 audio files"),
+    ],
+    "record": [
+        ("recorder record request.json", "one request (the original's JSON) through the flow"),
+        ("recorder record request.json --sim-script room.json", "... against a scripted room"),
+    ],
+    "sim-room": [
+        ("recorder sim-room --port 8765", "serve the demo room for a worker (RECORDER_SIM_ROOM_URL)")
+    ],
+    "serve": [("recorder serve --port 8080", "the HTTP gateway in front of the record-room deployment")],
+    "service-key": [("recorder service-key", "a new RECORDER_SERVICE_KEY for the gateway and workers")],
+    "seal": [("recorder seal request.json > params.json", "a request as a deployment's parameters")],
+    "usersig": [("recorder usersig --sdkappid 1400000000 --userid rec_1", "a UserSig (key from the env)")],
+    "recover": [("recorder recover", "finish this machine's recordings whose process died")],
+    "--debug": [("recorder --debug record request.json", "show the traceback of an error")],
+}
+# Input the command cannot use (a missing or malformed file): as argparse's own errors.
+BAD_INPUT = 2
+INTERRUPTED = 130
+INTERRUPTED_BY_USER = "interrupted (Ctrl-C)"
+EXAMPLE_WIDTH = 40
+
+
+class CommandError(Exception):
+    """What went wrong, for the user: one line on stderr, and the exit code."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _examples(names: list[str], heading: str) -> str:
+    lines = [f"{heading}:"]
+    for command, what in (example for name in names for example in EXAMPLES[name]):
+        lines.append(
+            f"  {command:<{EXAMPLE_WIDTH}}  {what}" if len(command) <= EXAMPLE_WIDTH else f"  {command}"
+        )
+        if len(command) > EXAMPLE_WIDTH:
+            lines.append(f"  {'':<{EXAMPLE_WIDTH}}  {what}")
+    return "\n".join(lines) + "\n"
+
 
 DEMO_SDK_APP_ID = 1400000000
 DEMO_ROOM_ID = 1234
@@ -48,42 +96,71 @@ def _demo_request(mode: str) -> RecordingRequest:
     )
 
 
-def _local_path(url: str) -> str:
-    parsed = urlparse(url)
-    return unquote(parsed.path) if parsed.scheme == "file" else url
-
-
-def _print_summary(document: ResultDocument, seconds: float) -> None:
+def _print_result(document: ResultDocument, seconds: float) -> None:
     ok = len(document.Files) - len(document.failed)
-    print(f"\nRecorded {ok} of {len(document.Files)} file(s) in {seconds:.1f} s:")
-    width = max((len(f.UserId) for f in document.Files), default=0)
-    for entry in document.Files:
-        where = _local_path(entry.RecordFile) if entry.Status == 1 else entry.Message
-        print(f"  {entry.UserId:<{width}}  {'ok    ' if entry.Status == 1 else 'FAILED'}  {where}")
+    console = stdout_console()
+    console.print(f"\nRecorded {ok} of {len(document.Files)} file(s) in {seconds:.1f} s:")
+    console.print(files_table(document))
+    # Plain print: the document is read back by programs, rich would style or wrap it.
     print("\nResult document:")
-    print(json.dumps(document.model_dump(mode="json"), indent=2, ensure_ascii=False))
+    print(json.dumps(document.model_dump(mode="json"), indent=2, ensure_ascii=False), flush=True)
 
 
-def _run(request: RecordingRequest, script: SimScript, result_file: Path | None) -> int:
+def _run(request: RecordingRequest, script: SimScript, args: argparse.Namespace) -> int:
     # Imported here: Prefect takes a few seconds to import, and --help should not wait.
     from flows.record_room import run_request
 
+    console = stderr_console()
+    route_prefect_console(console, args.verbose)
     started = time.monotonic()
-    with SimRoom(request.SdkAppId, request.room, script):
+    watch = RunWatch(RecorderSettings().work_root, since=time.time())
+    with (
+        SimRoom(request.SdkAppId, request.room, script),
+        ProgressDisplay(watch, console, f"room {request.room}"),
+        _recordings_end_on_ctrl_c(watch),
+    ):
         document, _ = run_request(request)
-    _print_summary(document, time.monotonic() - started)
-    if result_file is not None:
-        result_file.write_text(document.model_dump_json(indent=2))
-    return 0 if not document.failed else 1
+    _print_result(document, time.monotonic() - started)
+    if args.result_file is not None:
+        args.result_file.write_text(document.model_dump_json(indent=2))
+    if document.failed:
+        raise CommandError(f"{len(document.failed)} of {len(document.Files)} file(s) failed (see the table)")
+    return 0
+
+
+@contextmanager
+def _recordings_end_on_ctrl_c(watch: RunWatch) -> Iterator[None]:
+    """Ctrl-C ends the run's recordings at once, then interrupts as usual.
+
+    On KeyboardInterrupt Prefect waits for the running tasks before its crash hook asks them
+    to stop: a recording would go on until its anchor's stream ends. Asked here first (the
+    run folder's stop request, which each recording looks for twice a second), they end in
+    a moment, and the crash hook delivers what they recorded."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        folder = watch.progress().folder
+        if folder is not None:
+            with suppress(OSError):
+                Workspace(folder).request_stop(INTERRUPTED_BY_USER)
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main one
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _load_json(path: Path) -> object:
     try:
         return json.loads(path.read_text())
     except OSError as exc:
-        raise SystemExit(f"recorder: cannot read {path}: {exc.strerror}") from None
+        raise CommandError(f"cannot read {path}: {exc.strerror}", BAD_INPUT) from exc
     except json.JSONDecodeError as exc:
-        raise SystemExit(f"recorder: {path} is not valid JSON: {exc}") from None
+        raise CommandError(f"{path} is not valid JSON: {exc}", BAD_INPUT) from exc
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -91,9 +168,10 @@ def _demo(args: argparse.Namespace) -> int:
     script = demo_script()
     print(
         f"Simulated room {request.room}: {', '.join(a.user_id for a in script.anchors)} publish "
-        f"test patterns and tones; recording each as {MODE_NAMES[request.Mode]}."
+        f"test patterns and tones; recording each as {MODE_NAMES[request.Mode]}.",
+        flush=True,
     )
-    return _run(request, script, args.result_file)
+    return _run(request, script, args)
 
 
 def _load_script(path: Path | None) -> SimScript | None:
@@ -103,7 +181,7 @@ def _load_script(path: Path | None) -> SimScript | None:
     try:
         return SimScript.model_validate(_load_json(path))
     except ValidationError as exc:
-        print(f"recorder: {path} is not a valid room script:\n{exc}", file=sys.stderr)
+        print(f"recorder: error: {path} is not a valid room script:\n{exc}", file=sys.stderr)
         return None
 
 
@@ -111,20 +189,20 @@ def _record(args: argparse.Namespace) -> int:
     try:
         request = parse_request(_load_json(args.request))
     except RequestError as exc:
-        print(f"recorder: {args.request} is not a valid request:", file=sys.stderr)
+        print(f"recorder: error: {args.request} is not a valid request:", file=sys.stderr)
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
-        return 2
+        return BAD_INPUT
     script = _load_script(args.sim_script)
     if script is None:
-        return 2
-    return _run(request, script, args.result_file)
+        return BAD_INPUT
+    return _run(request, script, args)
 
 
 def _sim_room(args: argparse.Namespace) -> int:
     script = _load_script(args.script)
     if script is None:
-        return 2
+        return BAD_INPUT
     stop = threading.Event()
 
     def _stop(signum: int, frame: object) -> None:
@@ -136,8 +214,7 @@ def _sim_room(args: argparse.Namespace) -> int:
     try:
         room = SimRoom(args.sdk_app_id, args.room, script, port=args.port)
     except OSError as exc:
-        print(f"recorder: cannot serve on 127.0.0.1:{args.port}: {exc.strerror}", file=sys.stderr)
-        return 1
+        raise CommandError(f"cannot serve on 127.0.0.1:{args.port}: {exc.strerror}") from exc
     with room:
         # One line, flushed: whoever started us (a test, a script) reads the URL from it.
         print(
@@ -156,8 +233,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="recorder",
         description="Record each anchor of a real-time room into its own file (Prefect pipeline).",
-        epilog=EXAMPLES,
+        epilog=_examples(list(EXAMPLES), "examples"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--debug", action="store_true", help="on an error, show its traceback too")
+    parser.add_argument(
+        "--verbose", action="store_true", help="show Prefect's log lines (default: its warnings and errors)"
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo = commands.add_parser("demo", help="record a simulated room with two anchors (about 15 s)")
@@ -182,12 +263,31 @@ def build_parser() -> argparse.ArgumentParser:
     sim_room.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default 0: any free one)")
     sim_room.set_defaults(run=_sim_room)
     add_commands(commands)
+    for name, command in commands.choices.items():
+        command.epilog = _examples([name], "example")
+        command.formatter_class = argparse.RawDescriptionHelpFormatter
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.run(args))
+    try:
+        return int(args.run(args))
+    except KeyboardInterrupt:
+        if args.debug:
+            traceback.print_exc()
+        print("recorder: interrupted", file=sys.stderr, flush=True)
+        return INTERRUPTED
+    except CommandError as exc:
+        if args.debug:
+            traceback.print_exc()
+        error_line(str(exc))
+        return exc.exit_code
+    except Exception as exc:
+        if args.debug:
+            traceback.print_exc()
+        error_line(str(exc) or type(exc).__name__)
+        return 1
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+from flows.cli_view import error_line
 from recorder.request import RequestError, parse_request
 from recorder.sealing import SealError, new_service_key, public_parameters, seal_secrets
 from recorder.settings import RecorderSettings
@@ -29,17 +30,15 @@ def _is_loopback(host: str) -> bool:
 def serve(args: argparse.Namespace) -> int:
     settings = RecorderSettings()
     if settings.service_key is None:
-        print(
-            "recorder: RECORDER_SERVICE_KEY is not set: the gateway seals each request's secrets with it "
-            "(make one with `recorder service-key`; give the workers the same one)",
-            file=sys.stderr,
+        error_line(
+            "RECORDER_SERVICE_KEY is not set: the gateway seals each request's secrets with it "
+            "(make one with `recorder service-key`; give the workers the same one)"
         )
         return 2
     if not _is_loopback(args.host) and settings.api_keys is None:
-        print(
-            f"recorder: refusing to listen on {args.host} without RECORDER_API_KEYS: "
-            "beyond loopback every request must carry an API key",
-            file=sys.stderr,
+        error_line(
+            f"refusing to listen on {args.host} without RECORDER_API_KEYS: "
+            "beyond loopback every request must carry an API key"
         )
         return 2
     # Imported here: FastAPI and Prefect's client take a while, and --help should not wait.
@@ -63,10 +62,10 @@ def seal(args: argparse.Namespace) -> int:
         sealed = seal_secrets(request, RecorderSettings().service_key)
     except (OSError, ValueError) as exc:
         problems = exc.problems if isinstance(exc, RequestError) else [str(exc)]
-        print(f"recorder: cannot seal {args.request}:", *problems, sep="\n  ", file=sys.stderr)
+        print(f"recorder: error: cannot seal {args.request}:", *problems, sep="\n  ", file=sys.stderr)
         return 2
     except SealError as exc:
-        print(f"recorder: {exc}", file=sys.stderr)
+        error_line(str(exc))
         return 2
     print(json.dumps({"request": public_parameters(request), "sealed_secrets": sealed}, indent=2))
     return 0
@@ -75,10 +74,7 @@ def seal(args: argparse.Namespace) -> int:
 def usersig(args: argparse.Namespace) -> int:
     key = args.key or os.environ.get(USERSIG_KEY_ENV, "")
     if not key:
-        print(
-            f"recorder: give --key or set {USERSIG_KEY_ENV} (the application's SDK secret key)",
-            file=sys.stderr,
-        )
+        error_line(f"give --key or set {USERSIG_KEY_ENV} (the application's SDK secret key)")
         return 2
     print(generate_usersig(args.sdkappid, key, args.userid, args.expire))
     return 0

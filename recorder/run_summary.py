@@ -123,21 +123,26 @@ class TakeProgress:
     state: str  # recording, waiting for the stream, ended
 
 
-def take_progress(take: Take, folder: Path, ended: bool, now: datetime | None = None) -> TakeProgress:
-    """How far one take is, read from its folder: any process can tell, not only the
-    one recording it."""
-    now = now or datetime.now(UTC)
+def take_progress(take: Take, folder: Path, ended: bool) -> TakeProgress:
+    """How far one take is, read from its folder, so any process can tell: its bytes on
+    disk, and the time from its start to its newest segment's last write (which is now
+    while it records, and its end once it has ended)."""
+    size, newest = 0, None
     try:
-        size = sum(p.stat().st_size for p in segment_files(folder))
+        for segment in segment_files(folder):
+            status = segment.stat()
+            size += status.st_size
+            newest = status.st_mtime if newest is None else max(newest, status.st_mtime)
     except OSError:  # a segment removed while counting: the take is being cleaned up
-        size = 0
+        pass
+    seconds = max(0.0, newest - take.started_at.timestamp()) if newest is not None else 0.0
     if ended:
         state = "ended"
     elif (folder / RECONNECTING_FILE).exists():
         state = "waiting for the stream to come back"
     else:
         state = "recording"
-    return TakeProgress(take.anchor, (now - take.started_at).total_seconds(), size, state)
+    return TakeProgress(take.anchor, seconds, size, state)
 
 
 def progress_markdown(room: str, elapsed: float, takes: list[TakeProgress], phase: str) -> str:
