@@ -26,7 +26,7 @@ from prefect.states import State
 
 from flows.runs import publish_result
 from recorder.callback import CallbackError, deliver_result
-from recorder.recovery import DIED, mark_reported, read_run_record, reported
+from recorder.recovery import DIED, mark_reported, read_run_record, reported, saved_result
 from recorder.request import RecordingRequest
 from recorder.result import ResultDocument
 from recorder.rooms.trtc import RELAYS_FILE, stop_relays
@@ -90,6 +90,12 @@ def _deliver(
         for problem in stop_relays(settings, request.SdkAppId, relays):
             logger.error("TRTC relay not stopped: %s", problem)
     entries = deliver_takes(workspace, request, settings, why)
+    saved = saved_result(run_dir)
+    if saved is not None:
+        # The run made its result but could not deliver it: its stored files are in it (and
+        # no longer on disk); the takes left on disk were not stored, and are delivered now.
+        on_disk = {entry.UserId for entry in entries}
+        entries = [f for f in saved.Files if f.Status == 1 or f.UserId not in on_disk] + entries
     document = ResultDocument.for_request(request, entries)
     logger.info("%s: delivered %d of %d recording(s)", why, len(entries) - len(document.failed), len(entries))
     if run_id is not None:

@@ -27,7 +27,7 @@ from flows.runs import publish_result, stop_requested
 from recorder.media.transcode import TranscodeReport
 from recorder.outcome import StepFailure, file_entries
 from recorder.recording import RECONNECTING_FILE, Recording
-from recorder.recovery import forget_report, mark_reported, write_run_record
+from recorder.recovery import forget_report, mark_reported, save_result, write_run_record
 from recorder.request import CosLocation, RecordingRequest
 from recorder.result import FileEntry, ResultDocument
 from recorder.room_events import RoomRoster
@@ -366,6 +366,8 @@ def record_room(
     delivered = not undelivered
     if delivered:
         mark_reported(run_dir, "the run reported its result")
+    else:
+        save_result(run_dir, document)  # for `recover`: the stored takes leave the work folder
     # Previews are for people, not for the callback: it does not wait for them, but the
     # cleanup does (they are made from the segments).
     wait([p.waited_for() for p in ordered])

@@ -18,12 +18,14 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from recorder.request import RecordingRequest
+from recorder.result import ResultDocument
 from recorder.sealing import public_parameters
 from recorder.workspace import write_atomically
 
 RUN_FILE = "run.json"
 DIED = "the recording process died"
 REPORTED_FILE = "reported.json"
+RESULT_FILE = "result.json"
 
 
 class RunOwner(BaseModel):
@@ -110,6 +112,22 @@ def reported(run_dir: Path) -> bool:
 def forget_report(run_dir: Path) -> None:
     """A new attempt of the run starts: it reports anew."""
     (run_dir / REPORTED_FILE).unlink(missing_ok=True)
+    (run_dir / RESULT_FILE).unlink(missing_ok=True)
+
+
+def save_result(run_dir: Path, document: ResultDocument) -> None:
+    """The result a run could not deliver (its callback failed for good). The files it lists
+    as stored are gone from the work folder, so recovery sends this, not a result made
+    from what is left on disk."""
+    if run_dir.is_dir():
+        write_atomically(run_dir / RESULT_FILE, document.model_dump_json())
+
+
+def saved_result(run_dir: Path) -> ResultDocument | None:
+    try:
+        return ResultDocument.model_validate_json((run_dir / RESULT_FILE).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def unfinished_runs(work_root: Path) -> list[RunRecord]:
@@ -138,6 +156,8 @@ __all__ = [
     "owner_alive",
     "read_run_record",
     "reported",
+    "save_result",
+    "saved_result",
     "this_process",
     "unfinished_runs",
     "write_run_record",

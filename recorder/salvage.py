@@ -8,22 +8,26 @@ one take after another, without Prefect tasks (it runs after the run is over).
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from recorder.media.capture import segment_files
-from recorder.media.transcode import EXTENSIONS, TranscodeReport, transcode
-from recorder.outcome import StepFailure, file_entry
+from recorder.media.transcode import EXTENSIONS, TranscodeReport, transcode_pieces
+from recorder.outcome import StepFailure, file_entries
 from recorder.recording import Recording
 from recorder.request import RecordingRequest
 from recorder.result import FileEntry
 from recorder.settings import RecorderSettings
 from recorder.storage import STORAGE_LABELS, Storage, StorageError, open_storage
 from recorder.storage.keys import recording_key
+from recorder.stored_journal import StoredJournal
 from recorder.workspace import Take, Workspace
 
 
 def deliver_takes(
     workspace: Workspace, request: RecordingRequest, settings: RecorderSettings, why: str
 ) -> list[FileEntry]:
-    """One entry per take in the journal; a take that fails never stops the next one."""
+    """The entries of the takes in the journal (one per file: a take cut into pieces makes
+    several); a take that fails never stops the next one."""
     label = STORAGE_LABELS[settings.storage]
     storage: Storage | StepFailure
     try:
@@ -32,10 +36,10 @@ def deliver_takes(
         storage = StepFailure(str(exc))
     entries = []
     for take in workspace.takes():
-        entry = _deliver(workspace, take, request, storage, label, why)
-        if entry.Status == 1 and not settings.keep_local_copy:
+        made = _deliver(workspace, take, request, settings, storage, label, why)
+        if all(entry.Status == 1 for entry in made) and not settings.keep_local_copy:
             workspace.discard(take)
-        entries.append(entry)
+        entries += made
     return entries
 
 
@@ -43,30 +47,48 @@ def _deliver(
     workspace: Workspace,
     take: Take,
     request: RecordingRequest,
+    settings: RecorderSettings,
     storage: Storage | StepFailure,
     label: str,
     why: str,
-) -> FileEntry:
+) -> list[FileEntry]:
     folder = workspace.folder(take)
     segments = segment_files(folder)
     if not segments:
-        return file_entry(take.anchor, StepFailure(f"nothing was recorded before {why}"), None, None, label)
+        return file_entries(take.anchor, StepFailure(f"nothing was recorded before {why}"), None, None, label)
     recording = Recording(take=take, folder=folder, streams=[], seconds=0.0, ended_because=why)
     extension = EXTENSIONS[request.Mode]
-    converted: TranscodeReport | StepFailure
+    limit = request.MaxMediaFileDuration * 60 if request.MaxMediaFileDuration else settings.max_file_seconds
+    converted: list[TranscodeReport] | StepFailure
     try:
-        converted = transcode(segments, request.Mode, folder / f"{take.name}.{extension}")
+        converted = transcode_pieces(segments, request.Mode, folder / f"{take.name}.{extension}", limit)
     # Whatever breaks one take (a codec, a full disk) is that take's Message, not the others'.
     except Exception as exc:
         converted = StepFailure(str(exc))
-    stored: str | StepFailure | None = None
-    if isinstance(converted, TranscodeReport):
+    journal = StoredJournal(folder)
+    stored: list[str] | StepFailure | None = None
+    if isinstance(converted, list):
         if isinstance(storage, StepFailure):
             stored = storage
         else:
-            key = recording_key(request.CosConfig.Path, request.room, take.anchor, take.started_at, extension)
             try:
-                stored = storage.store(converted.path, key)
+                stored = [_store(storage, request, take, report, journal) for report in converted]
             except Exception as exc:
                 stored = StepFailure(str(exc))
-    return file_entry(take.anchor, recording, converted, stored, label)
+    return file_entries(take.anchor, recording, converted, stored, label, stored_before=journal.urls())
+
+
+def _store(
+    storage: Storage, request: RecordingRequest, take: Take, report: TranscodeReport, journal: StoredJournal
+) -> str:
+    """Store one file, unless it was stored before the run was interrupted (while recording,
+    or by its upload step): the same segments make the same file, which is not stored twice."""
+    url = journal.urls().get(report.path.name)
+    if url:
+        return url
+    started = take.started_at + timedelta(seconds=report.start_seconds)
+    extension = report.path.suffix.lstrip(".")
+    key = recording_key(request.CosConfig.Path, request.room, take.anchor, started, extension)
+    url = storage.store(report.path, key)
+    journal.add(report.path.name, url)
+    return url

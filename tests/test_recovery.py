@@ -165,3 +165,38 @@ def _epoch(stamp: str) -> float:
     from datetime import datetime
 
     return datetime.fromisoformat(stamp).timestamp()
+
+
+def test_a_result_whose_callback_failed_is_sent_whole_by_recovery(
+    dirs: Dirs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The run stores its file, then its callback fails for good: the file leaves the work
+    # folder, the run stays unreported. Recovery (the run's process gone) must send the
+    # run's own result, the stored file in it, not a result of what is left on disk.
+    from flows.record_room import run_request
+    from recorder.rooms.sim import SimRoom
+    from recorder.rooms.sim_script import SimAnchor, SimScript
+
+    monkeypatch.setenv("RECORDER_CALLBACK_ATTEMPTS", "1")
+    with Receiver(statuses=[500, 200]) as receiver:
+        request = parse_request({**REQUEST, "Callback": receiver.url, "MaxIdleTime": 1})
+        with SimRoom(
+            request.SdkAppId, request.room, SimScript(anchors=[SimAnchor(user_id="teacher", leave=2.0)])
+        ):
+            document, state = run_request(request)
+        assert not state.is_completed() and len(receiver.received) == 1
+        [run_dir] = [p for p in dirs.work.iterdir() if p.is_dir()]
+        record = read_run_record(run_dir)
+        assert record is not None
+        dead = record.owner.model_copy(update={"pid": _dead_pid()})
+        (run_dir / "run.json").write_text(record.model_copy(update={"owner": dead}).model_dump_json())
+
+        assert recover_recordings() == [run_dir.name]
+        assert recover_recordings() == []
+        sent = ResultDocument.model_validate(receiver.received[-1].json())
+
+    assert len(receiver.received) == 2
+    assert sent.Files == document.Files
+    [entry] = sent.Files
+    assert entry.Status == 1 and Path(entry.RecordFile.removeprefix("file://")).is_file()
+    assert not run_dir.exists()

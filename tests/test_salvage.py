@@ -14,6 +14,7 @@ from recorder.request import RecordingRequest, parse_request
 from recorder.result import FileEntry
 from recorder.salvage import deliver_takes
 from recorder.settings import RecorderSettings
+from recorder.stored_journal import StoredJournal
 from recorder.workspace import Take, Workspace
 from tests.conftest import RECORDED_SECONDS
 from tests.media_check import decode_to_end, ffprobe
@@ -189,3 +190,36 @@ def test_storage_that_cannot_be_written_keeps_every_take(recorded: dict[str, Pat
 def test_no_takes_no_entries(tmp_path: Path) -> None:
     workspace = Workspace(tmp_path / "work" / "run-1")
     assert deliver_takes(workspace, _request("02"), _settings(tmp_path), WHY) == []
+
+
+def test_a_file_stored_before_the_interruption_is_not_stored_again(
+    recorded: dict[str, Path], tmp_path: Path
+) -> None:
+    # The live conversion stored the take's file, then the run was interrupted: delivering
+    # from disk reports that file, and no second copy (`-1`) appears in storage.
+    workspace, [take] = _workspace(tmp_path, {"teacher": recorded["av"]})
+    settings = _settings(tmp_path)
+    earlier = tmp_path / "recordings" / "trtc" / "5150" / "teacher_stored_while_recording.mp4"
+    earlier.parent.mkdir(parents=True)
+    earlier.write_bytes(b"stored while recording")
+    StoredJournal(workspace.folder(take)).add(f"{take.name}.mp4", earlier.as_uri())
+
+    [entry] = deliver_takes(workspace, _request("02"), settings, WHY)
+
+    assert (entry.Status, entry.RecordFile) == (1, earlier.as_uri())
+    assert [p.name for p in earlier.parent.iterdir()] == [earlier.name]
+
+
+def test_a_take_longer_than_the_request_limit_is_delivered_in_pieces(tmp_path: Path) -> None:
+    from tests.test_transcode_pieces import _h264_aac_recording
+
+    source = tmp_path / "source"
+    _h264_aac_recording(source, 130.0)
+    workspace, _ = _workspace(tmp_path, {"teacher": source})
+    request = _request("02").model_copy(update={"MaxMediaFileDuration": 1})
+
+    entries = deliver_takes(workspace, request, _settings(tmp_path), WHY)
+
+    assert [(e.UserId, e.Status) for e in entries] == [("teacher", 1)] * 3
+    durations = [ffprobe(_path(e.RecordFile)).duration for e in entries]
+    assert durations == pytest.approx([60.0, 60.0, 10.0], abs=0.2)
