@@ -120,8 +120,10 @@ def test_recordings_land_in_cos_byte_identical_to_the_local_files(
     assert [(f.UserId, f.Status) for f in document.Files] == [("teacher", 1), ("student_1", 1)]
     keys = [_key(f.RecordFile) for f in document.Files]
     assert all(k.startswith("lessons/2001/") and k.endswith(".mp4") for k in keys)
-    # Only the recordings are in the bucket: the join step's write check left nothing.
-    assert sorted(endpoint.keys()) == sorted(keys)
+    # Only the recordings and their previews are in the bucket: the join step's write check
+    # left nothing.
+    previews = [k.removesuffix(".mp4") + ending for k in keys for ending in (".jpg", ".png")]
+    assert sorted(endpoint.keys()) == sorted(keys + previews)
     local = {p.read_bytes(): p for p in (tmp_path / "work").rglob("*.mp4")}
     for entry, key in zip(document.Files, keys, strict=True):
         stored = _read_back(endpoint, key)
@@ -272,3 +274,36 @@ def test_files_are_stored_while_recording_and_the_steps_after_only_report_them(
     assert_secrets_absent(
         state.state_details.flow_run_id, [SECRET_KEY, USER_SIG], expect_in_logs="while recording"
     )
+
+
+def test_a_cut_recording_puts_each_piece_in_cos_as_soon_as_it_is_whole(
+    endpoint: CosEndpoint, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """For moderation: with a 10 s limit, the first piece of a 25 s recording is in the
+    bucket while the anchor is still on air, not after the end; each piece plays alone."""
+    monkeypatch.setenv("RECORDER_MAX_FILE_SECONDS", "10")
+    request = parse_request(_request(Mode="02"))
+    script = SimScript(anchors=[SimAnchor(user_id="teacher", leave=25.0)])
+    with SimRoom(request.SdkAppId, request.room, script):
+        document, state = run_request(request)
+
+    assert state.is_completed(), state.message
+    assert [(f.UserId, f.Status) for f in document.Files] == [("teacher", 1)] * 3
+    keys = [_key(f.RecordFile) for f in document.Files]
+    stored_at = {
+        s.key: s.at for s in endpoint.seen if s.method == "PUT" and s.status == 200 and s.key in keys
+    }
+    assert set(stored_at) == set(keys)
+    # Pieces 10 s apart on air are stored about 10 s apart, the first long before the last.
+    assert stored_at[keys[1]] - stored_at[keys[0]] > 6.0, stored_at
+    assert stored_at[keys[2]] - stored_at[keys[0]] > 12.0, stored_at
+    for key, seconds in zip(keys, (10.0, 10.0, 5.0), strict=True):
+        copy = tmp_path / key.replace("/", "_")
+        copy.write_bytes(_read_back(endpoint, key))
+        probe = ffprobe(copy)
+        assert (probe.codec("video"), probe.codec("audio")) == ("h264", "aac")
+        assert probe.duration == pytest.approx(seconds, abs=0.7)
+        assert decode_to_end(copy)["video"] == pytest.approx(probe.duration, abs=0.3)
+        # Its previews beside it, under the same stem.
+        assert _read_back(endpoint, key.removesuffix(".mp4") + ".jpg")[:2] == b"\xff\xd8"
+    assert endpoint.pending_uploads() == []

@@ -18,8 +18,9 @@ import contextlib
 import errno
 import hashlib
 import io
-import os
 import queue
+import shutil
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -40,11 +41,13 @@ class CosLiveUpload(io.RawIOBase):
         self.bucket = bucket
         self.key = key
         self.url = url
-        self._spool = spool
+        # A folder of its own: a cut recording has two objects open at a cut (the piece before
+        # takes the audio that plays before the cut), in the same take folder.
+        self._spool = Path(tempfile.mkdtemp(dir=spool, prefix=".live-"))
         self._part_size = part_size
         self._position = 0
         self._size = 0
-        self._head = open(spool / HEAD_NAME, "w+b")  # noqa: SIM115 (closed in finish/abort)
+        self._head = open(self._spool / HEAD_NAME, "w+b")  # noqa: SIM115 (closed in finish/abort)
         self._tail_index = 0  # index (1, 2, ...) of the part being written; 0: none yet
         self._queued_through = 0  # parts up to this index are sent or on their way
         self._tail: io.BufferedRandom | None = None
@@ -185,9 +188,7 @@ class CosLiveUpload(io.RawIOBase):
         for file in (self._head, self._tail):
             if file is not None:
                 file.close()
-        for leftover in [self._spool / HEAD_NAME, *self._spool.glob(PART_NAME.replace("{:05d}", "*"))]:
-            with contextlib.suppress(OSError):
-                os.unlink(leftover)
+        shutil.rmtree(self._spool, ignore_errors=True)
 
     @property
     def size(self) -> int:
