@@ -40,8 +40,11 @@ class RunProgress:
         except Exception as exc:
             get_run_logger().warning("no progress artifact: %s", exc)
 
-    def update(self, elapsed: float, takes: list[TakeProgress], *, phase: str = "recording") -> None:
-        if not self._due():
+    def update(
+        self, elapsed: float, takes: list[TakeProgress], *, phase: str = "recording", now: bool = False
+    ) -> None:
+        """Every few seconds at most; `now`: at once (a new phase)."""
+        if not self._due() and not now:
             return
         share = min(99.0, 100.0 * elapsed / self._max_seconds) if self._max_seconds else 0.0
         self._send(share, progress_markdown(self._room, elapsed, takes, phase))

@@ -79,7 +79,11 @@ class AnchorPipeline:
         previews: list[FilePreviews] | None = None
         if self.previews is not None:
             made = _outcome(self.previews)
-            previews = made if isinstance(made, list) else None
+            if isinstance(made, StepFailure):
+                failed = FilePreviews(problems=[f"previews failed: {made.reason}"])
+                previews = [failed] * len(self.entries())
+            else:
+                previews = made
         return file_rows(mode, self.entries(), converted if isinstance(converted, list) else None, previews)
 
     def waited_for(self) -> PrefectFuture[Any]:
@@ -350,7 +354,12 @@ def record_room(
         if take.name not in pipelines:
             pipelines[take.name] = _start(session, take, request.CosConfig, settings)
     ordered = sorted(pipelines.values(), key=lambda p: (p.take.started_at, p.take.anchor))
-    progress.update(0.0, _progress(pipelines), phase="converting and storing")
+    progress.update(
+        (datetime.now(UTC) - started_at).total_seconds(),
+        _progress(pipelines),
+        phase="converting and storing",
+        now=True,
+    )
     wait([p.stored for p in ordered])
 
     recorded = {p.take.anchor for p in ordered}

@@ -122,8 +122,8 @@ class RecordingRequest(BaseModel):
     # Beyond the original: record only these anchors (UserIds); absent, every anchor.
     Anchors: list[str] | None = None
     # Beyond the original, as TRTC's cloud recording has it: cut each anchor's recording into
-    # files of at most this many minutes (on keyframes), each its own Files entry. Absent:
-    # RECORDER_MAX_FILE_SECONDS, else one file per anchor's take.
+    # files of this many minutes (video at the first keyframe past it), each its own Files
+    # entry. Absent: RECORDER_MAX_FILE_SECONDS, else one file per anchor's take.
     MaxMediaFileDuration: Annotated[int, Field(ge=1, le=1440, strict=True)] | None = None
 
     @field_validator("StrRoomId")

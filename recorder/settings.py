@@ -65,8 +65,9 @@ class RecorderSettings(BaseSettings):
     # stream back within it (a dropped connection, a relay restarting) continues the same
     # file. 0 closes the file at once; a later return is then a new file.
     reconnect_seconds: float = Field(default=15.0, ge=0)
-    # Cut each recording into files of at most this many seconds (on keyframes; at least 10),
-    # each its own Files entry, for requests without MaxMediaFileDuration. Unset: one file.
+    # Cut each recording into files of about this many seconds (at least 10), each its own
+    # Files entry, for requests without MaxMediaFileDuration. A video file is cut at its
+    # first keyframe at or past the limit, so it may run a GOP longer. Unset: one file.
     max_file_seconds: float | None = Field(default=None, ge=10)
     # Previews beside each stored file, with its key's stem: a poster frame (JPEG) for a
     # video file, a waveform (PNG) for an audio file.

@@ -22,7 +22,7 @@ def join(request: RecordingRequest, run_dir: Path) -> RoomSession:
     open_room(settings, request.SdkAppId, request.room, request=request)
     open_storage(settings, request.CosConfig).check_writable()
     run_dir.mkdir(parents=True, exist_ok=True)
-    get_run_logger().info(
+    get_run_logger(room=request.room, sdk_app_id=str(request.SdkAppId)).info(
         "joined room %s of SdkAppId %s as %s (Mode %s); files go to %s; work folder %s",
         request.room,
         request.SdkAppId,

@@ -34,7 +34,8 @@ def upload(
     for product in products:
         url = product.stored_url or journal.urls().get(product.path.name)
         if url:
-            logger.info("%s: %s is stored (%s), while recording", take.anchor, product.path.name, url)
+            when = "while recording" if product.stored_url else "by an earlier attempt"
+            logger.info("%s: %s was stored %s: %s", take.anchor, product.path.name, when, url)
             urls.append(url)
             continue
         storage = storage or open_storage(RecorderSettings(), location)
