@@ -4,6 +4,7 @@ file, and a recording cut into pieces, each its own entry."""
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import pytest
 from prefect import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 from prefect.client.schemas.objects import Artifact
+from prefect.logging.formatters import JsonFormatter
 
 from flows.artifacts import FILES_TABLE_DESCRIPTION, SUMMARY_DESCRIPTION
 from recorder.media.capture import segment_files
@@ -150,3 +152,37 @@ def test_a_recording_longer_than_the_limit_is_cut_into_consecutive_entries(
     assert len(folders) == 1
     whole = transcode(segment_files(folders[0]), "02", dirs.work / "whole.mp4")
     assert sum(_video_frames(p) for p in pieces) == _video_frames(whole.path)
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_every_task_log_record_carries_the_run_room_and_anchor(dirs: Dirs) -> None:
+    # What Prefect's JSON formatter (PREFECT_LOGGING_HANDLERS_CONSOLE_FORMATTER=json) writes
+    # as fields: the records' attributes. Every line of a step of one anchor says which.
+    captured = _Records()
+    task_logs = logging.getLogger("prefect.task_runs")
+    task_logs.addHandler(captured)
+    try:
+        script = SimScript(anchors=[SimAnchor(user_id="teacher", leave=2.0)])
+        _, state = _run(_request(None, Mode="00"), script)
+    finally:
+        task_logs.removeHandler(captured)
+    assert state.is_completed(), state.message
+
+    ours = [r for r in captured.records if r.getMessage().startswith("teacher: ")]
+    steps = {getattr(r, "task_run_name", "").split("-")[0] for r in ours}
+    assert {"record", "transcode", "upload", "previews"} <= steps, steps
+    for record in ours:
+        assert getattr(record, "anchor", None) == "teacher", record.getMessage()
+        assert getattr(record, "room", None) == "43474"
+        assert getattr(record, "flow_run_id", None) == str(state.state_details.flow_run_id)
+        assert getattr(record, "task_run_id", None)
+    formatted = JsonFormatter("default", "", "%").format(ours[0])
+    assert {"anchor", "room", "flow_run_id"} <= set(json.loads(formatted))

@@ -42,8 +42,9 @@ def test_every_task_module_defines_a_prefect_task() -> None:
 
     import tasks
 
-    # The pipeline's steps, and stopping the TRTC relays a run started.
-    steps = {"join", "record", "transcode", "upload", "callback", "cleanup", "relays"}
+    # The pipeline's steps, the previews beside each file, and stopping the TRTC relays a
+    # run started.
+    steps = {"join", "record", "transcode", "upload", "previews", "callback", "cleanup", "relays"}
     found = set()
     for module_info in pkgutil.iter_modules(tasks.__path__):
         module = importlib.import_module(f"tasks.{module_info.name}")
