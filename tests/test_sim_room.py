@@ -109,3 +109,17 @@ def test_running_rooms_are_found_by_app_and_room() -> None:
 def test_invalid_scripts_are_rejected(script: dict[str, object]) -> None:
     with pytest.raises(ValidationError):
         SimScript.model_validate(script)
+
+
+def test_a_recorder_hanging_up_ends_the_stream_quietly(capfd: pytest.CaptureFixture[str]) -> None:
+    # A recording stopped early (Ctrl-C, a stop request) hangs up mid-stream: that is the
+    # stream's end for the room, not an error with a traceback on the console.
+    script = SimScript(anchors=[SimAnchor(user_id="a", leave=30.0)])
+    with SimRoom(1400000001, "hangup", script) as room:
+        room.begin()
+        with av.open(room.stream_url("a"), timeout=10) as stream:
+            for n, _ in enumerate(stream.demux()):
+                if n >= 100:
+                    break
+        time.sleep(2.0)  # the room's next writes meet the closed connection
+    assert "Traceback" not in capfd.readouterr().err

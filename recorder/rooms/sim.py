@@ -41,10 +41,17 @@ class _ChunkedWriter:
 
     def __init__(self, handler: BaseHTTPRequestHandler) -> None:
         self._wfile = handler.wfile
+        self.gone = False
 
     def write(self, data: bytes) -> int:
-        if data:
-            self._wfile.write(b"%x\r\n%b\r\n" % (len(data), bytes(data)))
+        # Once the recorder has hung up, the muxer's last writes (closing the file as the
+        # error unwinds) go nowhere quietly: the first error alone ends the stream.
+        if data and not self.gone:
+            try:
+                self._wfile.write(b"%x\r\n%b\r\n" % (len(data), bytes(data)))
+            except (BrokenPipeError, ConnectionResetError):
+                self.gone = True
+                raise
         return len(data)
 
     def finish(self) -> None:
@@ -204,8 +211,11 @@ class SimRoom:
         try:
             publish_flv(anchor, writer, wall_start, media_from, self._relay_over)
             writer.finish()
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the recorder hung up: nothing to send any more
+        except Exception:
+            # The recorder hung up: nothing to send any more. PyAV raises that as the write's
+            # own error, or, as the muxer closes, as its "error in PyAV callback".
+            if not writer.gone:
+                raise
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         room = self
