@@ -23,6 +23,7 @@ from prefect.tasks import exponential_backoff
 from flows.artifacts import RunProgress, publish_files
 from flows.interrupted import deliver_after_cancellation, deliver_after_crash
 from flows.room_roster import read_roster
+from flows.run_log_fields import install_run_fields
 from flows.runs import publish_result, stop_requested
 from recorder.media.transcode import TranscodeReport
 from recorder.outcome import StepFailure, file_entries
@@ -58,6 +59,7 @@ from tasks.transcode import transcode_recording
 from tasks.upload import upload
 
 T = TypeVar("T")
+install_run_fields()
 STOPPED_ON_REQUEST = "stopped on request"
 TERMINATED = "the recording process was told to stop (SIGTERM)"
 TRTC_IDLE_FALLBACK_SECONDS = 10

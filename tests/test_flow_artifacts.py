@@ -163,26 +163,34 @@ class _Records(logging.Handler):
         self.records.append(record)
 
 
-def test_every_task_log_record_carries_the_run_room_and_anchor(dirs: Dirs) -> None:
+def test_every_log_line_of_a_run_carries_its_run_room_and_anchor(dirs: Dirs) -> None:
     # What Prefect's JSON formatter (PREFECT_LOGGING_HANDLERS_CONSOLE_FORMATTER=json) writes
-    # as fields: the records' attributes. Every line of a step of one anchor says which.
+    # as fields: the records' attributes.
     captured = _Records()
-    task_logs = logging.getLogger("prefect.task_runs")
-    task_logs.addHandler(captured)
+    run_logs = [logging.getLogger("prefect.task_runs"), logging.getLogger("prefect.flow_runs")]
+    for logger in run_logs:
+        logger.addHandler(captured)
     try:
         script = SimScript(anchors=[SimAnchor(user_id="teacher", leave=2.0)])
         _, state = _run(_request(None, Mode="00"), script)
     finally:
-        task_logs.removeHandler(captured)
+        for logger in run_logs:
+            logger.removeHandler(captured)
     assert state.is_completed(), state.message
+    run_id = str(state.state_details.flow_run_id)
 
-    ours = [r for r in captured.records if r.getMessage().startswith("teacher: ")]
-    steps = {getattr(r, "task_run_name", "").split("-")[0] for r in ours}
+    # Every line of the run: its run id and room, Prefect's own lines too.
+    assert len(captured.records) > 15
+    for record in captured.records:
+        assert getattr(record, "flow_run_id", None) == run_id, record.getMessage()
+        assert getattr(record, "room", None) == "43474", record.getMessage()
+    # Every line of a step of the anchor (theirs and Prefect's): the anchor and the task run.
+    per_anchor = [r for r in captured.records if getattr(r, "task_run_name", "").endswith("-teacher")]
+    steps = {r.task_run_name.split("-")[0] for r in per_anchor}  # type: ignore[attr-defined]
     assert {"record", "transcode", "upload", "previews"} <= steps, steps
-    for record in ours:
+    for record in per_anchor:
         assert getattr(record, "anchor", None) == "teacher", record.getMessage()
-        assert getattr(record, "room", None) == "43474"
-        assert getattr(record, "flow_run_id", None) == str(state.state_details.flow_run_id)
         assert getattr(record, "task_run_id", None)
-    formatted = JsonFormatter("default", "", "%").format(ours[0])
-    assert {"anchor", "room", "flow_run_id"} <= set(json.loads(formatted))
+    assert any(r.getMessage().startswith("Finished in state") for r in per_anchor)
+    formatted = JsonFormatter("default", "", "%").format(per_anchor[0])
+    assert {"anchor", "room", "flow_run_id", "task_run_id"} <= set(json.loads(formatted))
