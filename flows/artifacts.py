@@ -3,6 +3,7 @@ files and a summary. Their content is made in recorder/run_summary.py (no secret
 
 from __future__ import annotations
 
+import json
 from uuid import UUID
 
 from prefect import get_run_logger
@@ -12,6 +13,8 @@ from prefect.artifacts import (
     create_table_artifact,
     update_progress_artifact,
 )
+from prefect.client.orchestration import SyncPrefectClient
+from prefect.client.schemas.actions import ArtifactCreate
 
 from recorder.run_summary import FileRow, TakeProgress, Throttle, progress_markdown
 
@@ -65,3 +68,14 @@ def publish_files(rows: list[FileRow], summary: str) -> None:
     """The table of files (one row each) and the run's summary, as artifacts of the run."""
     create_table_artifact(table=[r.model_dump() for r in rows], description=FILES_TABLE_DESCRIPTION)
     create_markdown_artifact(markdown=summary, description=SUMMARY_DESCRIPTION)
+
+
+def publish_files_on(client: SyncPrefectClient, run_id: UUID, rows: list[FileRow], summary: str) -> None:
+    """The same, on a run that is over (delivered by a hook or by recovery, outside it)."""
+    table = json.dumps([r.model_dump() for r in rows])  # as create_table_artifact stores it
+    client.create_artifact(
+        ArtifactCreate(type="table", data=table, description=FILES_TABLE_DESCRIPTION, flow_run_id=run_id)
+    )
+    client.create_artifact(
+        ArtifactCreate(type="markdown", data=summary, description=SUMMARY_DESCRIPTION, flow_run_id=run_id)
+    )

@@ -15,6 +15,7 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -24,15 +25,18 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.logging.loggers import flow_run_logger
 from prefect.states import State
 
+from flows.artifacts import publish_files_on
 from flows.runs import publish_result
 from recorder.callback import CallbackError, deliver_result
 from recorder.recovery import DIED, mark_reported, read_run_record, reported, saved_result
 from recorder.request import RecordingRequest
 from recorder.result import ResultDocument
 from recorder.rooms.trtc import RELAYS_FILE, stop_relays
-from recorder.salvage import deliver_takes
+from recorder.run_summary import file_rows, summary_markdown
+from recorder.salvage import salvage_takes
 from recorder.sealing import unseal_secrets
 from recorder.settings import RecorderSettings
+from recorder.storage import STORAGE_LABELS
 from recorder.workspace import Workspace
 
 CANCELLED = "the run was cancelled"
@@ -89,19 +93,28 @@ def _deliver(
     if relays.exists():
         for problem in stop_relays(settings, request.SdkAppId, relays):
             logger.error("TRTC relay not stopped: %s", problem)
-    entries = deliver_takes(workspace, request, settings, why)
+    started_at = min((take.started_at for take in workspace.takes()), default=datetime.now(UTC))
+    delivered = salvage_takes(workspace, request, settings, why)
+    entries = [entry for take in delivered for entry in take.entries]
+    rows = [row for take in delivered for row in file_rows(request.Mode, take.entries, take.reports, None)]
     saved = saved_result(run_dir)
     if saved is not None:
         # The run made its result but could not deliver it: its stored files are in it (and
         # no longer on disk); the takes left on disk were not stored, and are delivered now.
         on_disk = {entry.UserId for entry in entries}
-        entries = [f for f in saved.Files if f.Status == 1 or f.UserId not in on_disk] + entries
+        kept = [f for f in saved.Files if f.Status == 1 or f.UserId not in on_disk]
+        entries = kept + entries
+        rows = file_rows(request.Mode, kept, None, None) + rows
     document = ResultDocument.for_request(request, entries)
     logger.info("%s: delivered %d of %d recording(s)", why, len(entries) - len(document.failed), len(entries))
     if run_id is not None:
         try:
             with get_client(sync_client=True) as client:
                 publish_result(client, run_id, document)
+                summary = summary_markdown(
+                    request, STORAGE_LABELS[settings.storage], started_at, datetime.now(UTC), why, rows
+                )
+                publish_files_on(client, run_id, rows, summary)
         # The API being away must not keep the document from its Callback.
         except Exception as exc:
             logger.error("could not publish the result on the run: %s", exc)

@@ -80,10 +80,11 @@ def write_run_record(
 
 
 def read_run_record(run_dir: Path) -> RunRecord | None:
-    path = run_dir / RUN_FILE
-    if not path.is_file():
+    try:
+        text = (run_dir / RUN_FILE).read_text()
+    except (FileNotFoundError, NotADirectoryError):  # not a run, or one removed as we looked
         return None
-    return RunRecord.model_validate_json(path.read_text())
+    return RunRecord.model_validate_json(text)
 
 
 def owner_alive(owner: RunOwner) -> bool | None:

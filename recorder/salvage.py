@@ -8,6 +8,7 @@ one take after another, without Prefect tasks (it runs after the run is over).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import timedelta
 
 from recorder.media.capture import segment_files
@@ -23,24 +24,39 @@ from recorder.stored_journal import StoredJournal
 from recorder.workspace import Take, Workspace
 
 
+@dataclass
+class DeliveredTake:
+    """What became of one take: its entries, and the files it made (None: none were made)."""
+
+    entries: list[FileEntry]
+    reports: list[TranscodeReport] | None
+
+
 def deliver_takes(
     workspace: Workspace, request: RecordingRequest, settings: RecorderSettings, why: str
 ) -> list[FileEntry]:
     """The entries of the takes in the journal (one per file: a take cut into pieces makes
     several); a take that fails never stops the next one."""
+    return [entry for take in salvage_takes(workspace, request, settings, why) for entry in take.entries]
+
+
+def salvage_takes(
+    workspace: Workspace, request: RecordingRequest, settings: RecorderSettings, why: str
+) -> list[DeliveredTake]:
+    """Each take of the journal converted, stored and summed up, in the journal's order."""
     label = STORAGE_LABELS[settings.storage]
     storage: Storage | StepFailure
     try:
         storage = open_storage(settings, request.CosConfig)
     except StorageError as exc:
         storage = StepFailure(str(exc))
-    entries = []
+    delivered = []
     for take in workspace.takes():
         made = _deliver(workspace, take, request, settings, storage, label, why)
-        if all(entry.Status == 1 for entry in made) and not settings.keep_local_copy:
+        if all(entry.Status == 1 for entry in made.entries) and not settings.keep_local_copy:
             workspace.discard(take)
-        entries += made
-    return entries
+        delivered.append(made)
+    return delivered
 
 
 def _deliver(
@@ -51,11 +67,12 @@ def _deliver(
     storage: Storage | StepFailure,
     label: str,
     why: str,
-) -> list[FileEntry]:
+) -> DeliveredTake:
     folder = workspace.folder(take)
     segments = segment_files(folder)
     if not segments:
-        return file_entries(take.anchor, StepFailure(f"nothing was recorded before {why}"), None, None, label)
+        failure = StepFailure(f"nothing was recorded before {why}")
+        return DeliveredTake(file_entries(take.anchor, failure, None, None, label), None)
     recording = Recording(take=take, folder=folder, streams=[], seconds=0.0, ended_because=why)
     extension = EXTENSIONS[request.Mode]
     limit = request.MaxMediaFileDuration * 60 if request.MaxMediaFileDuration else settings.max_file_seconds
@@ -75,7 +92,8 @@ def _deliver(
                 stored = [_store(storage, request, take, report, journal) for report in converted]
             except Exception as exc:
                 stored = StepFailure(str(exc))
-    return file_entries(take.anchor, recording, converted, stored, label, stored_before=journal.urls())
+    entries = file_entries(take.anchor, recording, converted, stored, label, stored_before=journal.urls())
+    return DeliveredTake(entries, converted if isinstance(converted, list) else None)
 
 
 def _store(

@@ -15,10 +15,13 @@ from uuid import UUID
 
 import pytest
 from prefect import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 from prefect.settings import PREFECT_API_URL
 
+from flows.artifacts import FILES_TABLE_DESCRIPTION, SUMMARY_DESCRIPTION
 from flows.recover import recover_recordings
 from recorder.recovery import (
+    DIED,
     RunOwner,
     mark_reported,
     owner_alive,
@@ -149,6 +152,17 @@ def test_a_recording_killed_outright_is_recovered_with_all_but_the_last_moments(
     # Crashed, a final state, and the result document on the run all the same.
     assert run.state is not None and run.state.is_crashed(), run.state
     assert "the recording process died" in (run.state.message or "")
+    # The run's table of files says what was delivered, as a run that ended well does.
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]))
+        )
+    [table] = [a for a in artifacts if a.description == FILES_TABLE_DESCRIPTION]
+    [row] = json.loads(str(table.data))
+    assert (row["anchor"], row["status"], row["link"]) == ("teacher", 1, entry.RecordFile)
+    assert row["size_bytes"] == path.stat().st_size
+    assert row["seconds"] == pytest.approx(probed.duration, abs=0.3)
+    assert any(a.description == SUMMARY_DESCRIPTION and DIED in str(a.data) for a in artifacts)
 
 
 def _wait_for_segments(work: Path, seconds: float) -> Path:
