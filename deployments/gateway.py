@@ -131,7 +131,14 @@ def create_app(settings: RecorderSettings | None = None, metrics: GatewayMetrics
             except ObjectNotFound:
                 raise HTTPException(404, f"no recording {run_id}") from None
         result = found.result.model_dump(mode="json") if found.result else None
-        return {"RequestId": str(run_id), "State": found.state, "Final": found.final, "Result": result}
+        return {
+            "RequestId": str(run_id),
+            "State": found.state,
+            "Final": found.final,
+            # Not started yet: every worker holds as many recordings as it may.
+            "Queued": found.queued,
+            "Result": result,
+        }
 
     @app.post("/recordings/{run_id}/stop", dependencies=guarded, status_code=202)
     async def stop(run_id: UUID) -> dict[str, Any]:

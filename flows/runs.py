@@ -100,6 +100,8 @@ class RecordingStatus:
     state: str
     final: bool
     result: ResultDocument | None
+    # Waiting for a worker with room for one more recording (every worker is at its limit).
+    queued: bool = False
 
 
 async def read_recording(client: PrefectClient, run_id: UUID) -> RecordingStatus:
@@ -115,7 +117,8 @@ async def read_recording(client: PrefectClient, run_id: UUID) -> RecordingStatus
             result = ResultDocument.model_validate_json(_fenced_json(artifact.data))
             break
     final = run.state is not None and run.state.is_final()
-    return RecordingStatus(run_id, run.state_name or "Unknown", final, result)
+    queued = run.state is not None and (run.state.is_scheduled() or run.state.is_pending())
+    return RecordingStatus(run_id, run.state_name or "Unknown", final, result, queued)
 
 
 def publish_result(client: SyncPrefectClient, run_id: UUID, document: ResultDocument) -> None:

@@ -49,11 +49,22 @@ class PrefectService:
     """A Prefect server + work pool + deployment + worker, each a real process, on loopback."""
 
     def __init__(
-        self, home: Path, env: dict[str, str] | None = None, *, project_dir: Path = REPO_ROOT
+        self,
+        home: Path,
+        env: dict[str, str] | None = None,
+        *,
+        project_dir: Path = REPO_ROOT,
+        database_url: str | None = None,
+        workers: dict[str, int | None] | None = None,
     ) -> None:
         """`home` is PREFECT_HOME of every process (database, results, logs); `env` is extra
-        environment for the worker and so for its flow runs (RECORDER_* settings, say)."""
+        environment for the workers and so for their flow runs (RECORDER_* settings, say).
+        `database_url`: the server's database (PostgreSQL for several workers); default a
+        SQLite file in `home`. `workers`: their names and capacities (`--limit`, None: no
+        limit); default one worker without a limit."""
         self.home = home.resolve()
+        self.database_url = database_url
+        self.worker_limits = dict(workers or {WORKER_NAME: None})
         self.project_dir = project_dir.resolve()
         self.worker_env = dict(env or {})
         self.port = 0
@@ -63,7 +74,7 @@ class PrefectService:
         self.results = self.home / "storage"
         self.log_dir = self.home / "logs"
         self._server: subprocess.Popen[bytes] | None = None
-        self._worker: subprocess.Popen[bytes] | None = None
+        self._workers: dict[str, subprocess.Popen[bytes]] = {}
         self._worker_stops_gracefully = True
         self._log_files: list[IO[bytes]] = []
 
@@ -85,10 +96,12 @@ class PrefectService:
             self._worker_stops_gracefully = signal.getsignal(signal.SIGINT) != signal.SIG_IGN
             # The worker needs only the pool, and its imports take seconds: start it while
             # `prefect deploy` runs rather than after it.
-            self._worker = self._spawn("worker", self._worker_command(), self._worker_environment())
+            for name in self.worker_limits:
+                self._workers[name] = self._spawn_worker(name)
             # In the project root: the pull step's `{{ $PWD }}` becomes the flow runs' directory.
             self._run("deploy", "deploy", "--all", cwd=self.project_dir)
-            self._wait_for_worker()
+            for name in self.worker_limits:
+                self._wait_for_worker(name)
         except BaseException:
             self.stop()
             raise
@@ -98,8 +111,8 @@ class PrefectService:
         """Worker, then server: SIGTERM, a grace period, then SIGKILL; flow runs the worker
         left behind are killed too. Safe to call more than once."""
         try:
-            if self._worker is not None:
-                worker, self._worker = self._worker, None
+            workers, self._workers = self._workers, {}
+            for worker in workers.values():
                 _terminate(worker, STOP_GRACE_SECONDS if self._worker_stops_gracefully else 0.0)
         finally:
             try:
@@ -119,11 +132,9 @@ class PrefectService:
     def flow_run_processes(self, run_id: object) -> list[int]:
         """The pids of the processes the worker runs flow run `run_id` in (the engine may run
         the flow in a child of its own), outermost first; [] once they are gone."""
-        if self._worker is None:
-            return []
         wanted = f"PREFECT__FLOW_RUN_ID={run_id}".encode()
         found = []
-        for child in _descendants(self._worker.pid):
+        for child in {c for worker in self._workers.values() for c in _descendants(worker.pid)}:
             try:
                 environ = Path(f"/proc/{child.pid}/environ").read_bytes().split(b"\0")
             except OSError:
@@ -132,23 +143,30 @@ class PrefectService:
                 found.append(child.pid)
         return sorted(found, key=lambda pid: int(_stat(pid)[1] or 0))
 
-    def kill_worker(self) -> None:
-        """SIGKILL to the worker and everything it started: a machine that lost power."""
-        if self._worker is None:
+    def worker_of(self, flow_run_pid: int) -> str | None:
+        """The worker that started the process `flow_run_pid` (a flow run's), if any."""
+        for name, worker in self._workers.items():
+            if any(child.pid == flow_run_pid for child in _descendants(worker.pid)):
+                return name
+        return None
+
+    def kill_worker(self, name: str = WORKER_NAME) -> None:
+        """SIGKILL to a worker and everything it started: a machine that lost power."""
+        worker = self._workers.pop(name, None)
+        if worker is None:
             return
-        worker, self._worker = self._worker, None
         family = _descendants(worker.pid)
         worker.kill()
         for child in family:
             child.signal(signal.SIGKILL)
         worker.wait(timeout=STOP_GRACE_SECONDS)
 
-    def restart_worker(self) -> None:
+    def restart_worker(self, name: str = WORKER_NAME) -> None:
         """A worker again, after `kill_worker` (until it is registered with the pool)."""
-        if self._worker is not None:
-            raise RuntimeError("the worker is running")
-        self._worker = self._spawn("worker", self._worker_command(), self._worker_environment())
-        self._wait_for_worker()
+        if name in self._workers:
+            raise RuntimeError(f"worker {name} is running")
+        self._workers[name] = self._spawn_worker(name)
+        self._wait_for_worker(name)
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -194,13 +212,15 @@ class PrefectService:
     # -- the parts -----------------------------------------------------------------------------
 
     def _start_server(self) -> None:
-        _MigratedDatabase.copy_to(self.database)
+        if self.database_url is None:
+            _MigratedDatabase.copy_to(self.database)
         for _attempt in range(3):
             self.port = _free_port()
             self.api_url = f"http://127.0.0.1:{self.port}/api"
             server_env = self.env()
             server_env.update(
-                PREFECT_API_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{self.database}",
+                PREFECT_API_DATABASE_CONNECTION_URL=self.database_url
+                or f"sqlite+aiosqlite:///{self.database}",
                 PREFECT_SERVER_UI_ENABLED="false",
             )
             printed_before = len(self._read("server"))
@@ -210,7 +230,8 @@ class PrefectService:
                 server_env,
             )
             if self._wait_for_health(printed_before):
-                _MigratedDatabase.keep(self.database)
+                if self.database_url is None:
+                    _MigratedDatabase.keep(self.database)
                 return
             # Another process took the port between _free_port() and the bind: another port.
             self._server = None
@@ -235,14 +256,21 @@ class PrefectService:
             f"prefect server not healthy after {SERVER_START_SECONDS:.0f} s\n{self._tail('server')}"
         )
 
-    def _worker_command(self) -> list[str]:
+    def _spawn_worker(self, name: str) -> subprocess.Popen[bytes]:
+        limit = self.worker_limits[name]
+        command = self._worker_command(name) + ([] if limit is None else ["--limit", str(limit)])
+        return self._spawn(
+            name if len(self.worker_limits) > 1 else "worker", command, self._worker_environment()
+        )
+
+    def _worker_command(self, name: str) -> list[str]:
         return [
             "worker",
             "start",
             "--pool",
             POOL,
             "--name",
-            WORKER_NAME,
+            name,
             "--install-policy",
             "never",  # the process worker is built in; never reach for a package index
             "--no-create-pool-if-not-found",  # a missing pool is a bug here, not a default
@@ -259,22 +287,21 @@ class PrefectService:
         env.update(self.worker_env)
         return env
 
-    def _wait_for_worker(self) -> None:
-        assert self._worker is not None
+    def _wait_for_worker(self, name: str) -> None:
+        worker = self._workers[name]
+        log = name if len(self.worker_limits) > 1 else "worker"
         deadline = time.monotonic() + WORKER_START_SECONDS
         while time.monotonic() < deadline:
-            if self._worker.poll() is not None:
-                raise RuntimeError(
-                    f"prefect worker exited ({self._worker.returncode})\n{self._tail('worker')}"
-                )
+            if worker.poll() is not None:
+                raise RuntimeError(f"prefect worker {name} exited ({worker.returncode})\n{self._tail(log)}")
             with suppress(httpx.HTTPError):
                 answer = httpx.post(f"{self.api_url}/work_pools/{POOL}/workers/filter", json={}, timeout=5)
-                if any(w["name"] == WORKER_NAME and w["status"] == "ONLINE" for w in answer.json()):
+                if any(w["name"] == name and w["status"] == "ONLINE" for w in answer.json()):
                     return
             time.sleep(0.2)
         raise TimeoutError(
-            f"prefect worker not registered with pool {POOL!r} after {WORKER_START_SECONDS:.0f} s\n"
-            f"{self._tail('worker')}"
+            f"prefect worker {name} not registered with pool {POOL!r} after {WORKER_START_SECONDS:.0f} s\n"
+            f"{self._tail(log)}"
         )
 
     # -- processes and their logs ----------------------------------------------------------------
