@@ -24,8 +24,12 @@ LOCK_FILE = ".recover.lock"
 
 
 @flow(name="recover-recordings")
-def recover_recordings() -> list[str]:
-    """Deliver every unfinished recording of this machine; the flow run ids it finished."""
+def recover_recordings(flow_run_id: str | None = None) -> list[str]:
+    """Deliver every unfinished recording of this machine; the flow run ids it finished.
+
+    `flow_run_id`: a run Prefect saw lose its process (its heartbeats stopped: the trigger
+    in prefect.yaml passes it). It is delivered from the shared work folder even when it
+    was recorded on another machine, whose processes this one cannot see."""
     logger = get_run_logger()
     settings = RecorderSettings()
     root = settings.work_root.resolve()
@@ -34,7 +38,10 @@ def recover_recordings() -> list[str]:
     # One recovery at a time on this machine: two would deliver the same takes twice.
     with open(root / LOCK_FILE, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        for record in unfinished_runs(root):
+        lost = {flow_run_id} if flow_run_id else set()
+        if flow_run_id:
+            logger.info("run %s stopped sending heartbeats", flow_run_id)
+        for record in unfinished_runs(root, lost):
             run_dir = root / record.run_id
             request = record.recording_request()
             if record.sealed_secrets:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+from collections.abc import Collection
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -131,8 +132,10 @@ def saved_result(run_dir: Path) -> ResultDocument | None:
         return None
 
 
-def unfinished_runs(work_root: Path) -> list[RunRecord]:
-    """Runs under `work_root` whose recording process on this host is gone, oldest first."""
+def unfinished_runs(work_root: Path, lost: Collection[str] = ()) -> list[RunRecord]:
+    """Runs under `work_root` whose recording process is gone, oldest first: on this host,
+    as its pid says; on another (a work folder shared across machines), when its run id is
+    in `lost` (Prefect saw its heartbeats stop)."""
     found: list[tuple[float, RunRecord]] = []
     if not work_root.is_dir():
         return []
@@ -141,7 +144,10 @@ def unfinished_runs(work_root: Path) -> list[RunRecord]:
             record = read_run_record(run_dir)
         except (OSError, ValueError):
             continue  # half-written by a process that died while writing it: no takes either
-        if record is None or reported(run_dir) or owner_alive(record.owner) is not False:
+        if record is None or reported(run_dir):
+            continue
+        alive = owner_alive(record.owner)
+        if alive is True or (alive is None and record.run_id not in lost):
             continue
         found.append((run_dir.stat().st_mtime, record))
     return [record for _, record in sorted(found, key=lambda pair: pair[0])]

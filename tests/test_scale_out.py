@@ -156,3 +156,61 @@ def test_each_worker_holds_at_most_its_capacity_and_the_rest_wait_in_the_queue(c
         f"request to recording: median {waits[len(waits) // 2]:.1f} s, max {waits[-1]:.1f} s; "
         f"all {REQUESTS} delivered {time.monotonic() - submitted:.0f} s after the first request"
     )
+
+
+def test_a_worker_lost_with_its_recordings_still_delivers_every_request_once(cluster: Cluster) -> None:
+    # Last in this file: it kills worker-b for good. Its recordings die with it (a machine
+    # that lost power); Prefect sees their heartbeats stop and runs recover-recordings on
+    # the surviving worker, which delivers them from the shared work folder.
+    first = len(cluster.callbacks.received)
+    ids = []
+    for n in range(REQUESTS):
+        answer = cluster.gateway.post("/", json=_request(100 + n, cluster.callbacks.url))
+        assert answer.status_code == 202, answer.text
+        ids.append(answer.headers["x-request-id"])
+    watch = Watch()
+    deadline = time.monotonic() + WAIT_SECONDS
+    killed_runs: list[str] = []
+    while time.monotonic() < deadline:
+        running = _running_by_worker(cluster)
+        if len(running.get("worker-b", [])) == CAPACITY["worker-b"]:
+            time.sleep(RECORD_SECONDS / 2)  # a few seconds of media each
+            killed_runs = _running_by_worker(cluster).get("worker-b", [])
+            cluster.prefect.kill_worker("worker-b")
+            break
+        _sample(cluster, ids, watch)
+        time.sleep(0.5)
+    assert killed_runs, "worker-b never ran its capacity"
+    killed_at = time.monotonic()
+    while len(cluster.callbacks.received) - first < REQUESTS and time.monotonic() < deadline:
+        _sample(cluster, [i for i in ids if i not in killed_runs], watch)
+        time.sleep(0.5)
+    delivered_at = time.monotonic()
+    time.sleep(5)  # a second delivery of any of them would come now
+
+    posted = [ResultDocument.model_validate(p.json()) for p in cluster.callbacks.received[first:]]
+    assert sorted(d.UserId for d in posted) == sorted(f"recorder_{100 + n}" for n in range(REQUESTS)), (
+        cluster.prefect.logs()[-8000:]
+    )
+    assert all([(f.UserId, f.Status) for f in d.Files] == [("teacher", 1)] for d in posted), posted
+    died = [d for d in posted if "the recording process died" in d.Files[0].Message]
+    assert len(died) == len(killed_runs), [d.Files[0].Message for d in posted]
+    print(
+        f"killed {len(killed_runs)} recording(s) with worker-b; every request delivered once, "
+        f"the last {delivered_at - killed_at:.0f} s after the kill"
+    )
+
+
+def _running_by_worker(cluster: Cluster) -> dict[str, list[str]]:
+    with cluster.prefect.client_settings(), get_client(sync_client=True) as client:
+        running = client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=["record-room"])),
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING]))
+            ),
+        )
+    found: dict[str, list[str]] = {}
+    for run in running:
+        pid = int(str(run.infrastructure_pid).rsplit(":", 1)[-1]) if run.infrastructure_pid else 0
+        found.setdefault(cluster.prefect.worker_of(pid) or "unknown", []).append(str(run.id))
+    return found
