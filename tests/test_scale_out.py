@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
+from uuid import UUID
 
 import httpx
 import pytest
@@ -16,6 +17,7 @@ from prefect.client.schemas.filters import (
     FlowFilter,
     FlowFilterName,
     FlowRunFilter,
+    FlowRunFilterId,
     FlowRunFilterState,
     FlowRunFilterStateType,
 )
@@ -32,8 +34,8 @@ from tests.prefect_service import PrefectService
 
 pytestmark = pytest.mark.timeout(600)
 
-CAPACITY = {"worker-a": 2, "worker-b": 2}
-REQUESTS = 6
+CAPACITY = {"worker-a": 5, "worker-b": 5}
+REQUESTS = 20
 RECORD_SECONDS = 4.0  # each recording is stopped this long after it started
 ROOM_ID = 61000
 ROOM_PORT = free_port()
@@ -150,11 +152,10 @@ def test_each_worker_holds_at_most_its_capacity_and_the_rest_wait_in_the_queue(c
     assert set(watch.most_per_worker) == set(CAPACITY), watch.most_per_worker
     # Beyond the total capacity, requests waited (and the gateway said so).
     assert watch.most_queued >= REQUESTS - sum(CAPACITY.values()), watch.most_queued
-    waits = sorted(watch.running_since[i] - submitted for i in ids)
+    admitted = _admission(cluster, ids)
     print(
         f"most per worker {watch.most_per_worker}; at most {watch.most_queued} queued at once; "
-        f"request to recording: median {waits[len(waits) // 2]:.1f} s, max {waits[-1]:.1f} s; "
-        f"all {REQUESTS} delivered {time.monotonic() - submitted:.0f} s after the first request"
+        f"{admitted}; all {REQUESTS} delivered {time.monotonic() - submitted:.0f} s after the first request"
     )
 
 
@@ -214,3 +215,26 @@ def _running_by_worker(cluster: Cluster) -> dict[str, list[str]]:
         pid = int(str(run.infrastructure_pid).rsplit(":", 1)[-1]) if run.infrastructure_pid else 0
         found.setdefault(cluster.prefect.worker_of(pid) or "unknown", []).append(str(run.id))
     return found
+
+
+def _admission(cluster: Cluster, ids: list[str]) -> str:
+    """From Prefect's own times: request (the run's creation) to its first recording task's
+    start, median and worst, and the rate runs were admitted at."""
+    with cluster.prefect.client_settings(), get_client(sync_client=True) as client:
+        waits, starts = [], []
+        for run_id in ids:
+            run = client.read_flow_run(UUID(run_id))
+            tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
+            recording = [t.start_time for t in tasks if t.name.startswith("record-") and t.start_time]
+            if run.created and recording:
+                waits.append((min(recording) - run.created).total_seconds())
+            if run.start_time:
+                starts.append(run.start_time)
+    waits.sort()
+    span = (max(starts) - min(starts)).total_seconds() if len(starts) > 1 else 0.0
+    rate = (len(starts) - 1) / span * 60 if span else float("nan")
+    return (
+        f"request to recording: best {waits[0]:.1f} s, median {waits[len(waits) // 2]:.1f} s, "
+        f"worst {waits[-1]:.1f} s "
+        f"({len(waits)} runs); admitted {rate:.1f} runs/min"
+    )
