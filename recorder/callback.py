@@ -25,6 +25,7 @@ from pydantic import SecretStr
 from recorder.result import ResultDocument
 from recorder.settings import RecorderSettings
 
+MIN_ATTEMPT_SECONDS = 0.1  # the least time an attempt is started with, before the deadline
 TIMESTAMP_HEADER = "X-Recorder-Timestamp"
 SIGNATURE_HEADER = "X-Recorder-Signature"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
@@ -208,7 +209,9 @@ class _Delivery:
         final = False  # the next attempt is the last one the deadline leaves room for
         while made < attempts:
             left = ends - time.monotonic()
-            if left <= 0:
+            # Less than this left: no receiver across a network answers in it, and the attempt
+            # would only add a failure (one started with microseconds left never arrived).
+            if left < MIN_ATTEMPT_SECONDS:
                 break
             made += 1
             budget = min(timeout, left)

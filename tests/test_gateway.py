@@ -141,7 +141,13 @@ def test_the_same_recording_twice_is_the_same_run_until_it_ends(gateway: TestCli
 def test_status_then_the_result_document(gateway: TestClient) -> None:
     run_id = UUID(gateway.post("/", json=_request(RoomId=8301)).headers[REQUEST_ID_HEADER])
     status = gateway.get(f"/recordings/{run_id}").json()
-    assert status == {"RequestId": str(run_id), "State": "Scheduled", "Final": False, "Result": None}
+    assert status == {
+        "RequestId": str(run_id),
+        "State": "Scheduled",
+        "Final": False,
+        "Queued": True,
+        "Result": None,
+    }
 
     document = ResultDocument(
         SdkAppId="1400000000",
