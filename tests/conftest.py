@@ -114,3 +114,16 @@ def deployment_id(prefect_api: None) -> UUID:
             work_pool_name="recorders",
             entrypoint="flows/record_room.py:record_room",
         )
+
+
+# The longest test files (minutes of real time each) go first: `scripts/test` hands out files
+# in collection order, and one started last would run on alone after all the others.
+LONGEST_FIRST = ("test_scale_out.py", "test_flow_segments.py", "test_service_integration.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: the order within and among the other files is kept

@@ -172,14 +172,15 @@ def test_a_worker_lost_with_its_recordings_still_delivers_every_request_once(clu
     watch = Watch()
     deadline = time.monotonic() + WAIT_SECONDS
     killed_runs: list[str] = []
+    # Nothing is stopped until worker-b is full (the anchors stay on air): then it is killed
+    # holding as many recordings as it may, each a few seconds long.
     while time.monotonic() < deadline:
         running = _running_by_worker(cluster)
         if len(running.get("worker-b", [])) == CAPACITY["worker-b"]:
-            time.sleep(RECORD_SECONDS / 2)  # a few seconds of media each
+            time.sleep(RECORD_SECONDS / 2)
             killed_runs = _running_by_worker(cluster).get("worker-b", [])
             cluster.prefect.kill_worker("worker-b")
             break
-        _sample(cluster, ids, watch)
         time.sleep(0.5)
     assert killed_runs, "worker-b never ran its capacity"
     killed_at = time.monotonic()
