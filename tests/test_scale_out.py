@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -175,10 +176,9 @@ def test_a_worker_lost_with_its_recordings_still_delivers_every_request_once(clu
     # Nothing is stopped until worker-b is full (the anchors stay on air): then it is killed
     # holding as many recordings as it may, each a few seconds long.
     while time.monotonic() < deadline:
-        running = _running_by_worker(cluster)
-        if len(running.get("worker-b", [])) == CAPACITY["worker-b"]:
-            time.sleep(RECORD_SECONDS / 2)
-            killed_runs = _running_by_worker(cluster).get("worker-b", [])
+        on_b = _running_by_worker(cluster).get("worker-b", [])
+        if len(on_b) == CAPACITY["worker-b"] and _recording_for(cluster, on_b, RECORD_SECONDS / 2):
+            killed_runs = on_b
             cluster.prefect.kill_worker("worker-b")
             break
         time.sleep(0.5)
@@ -201,6 +201,20 @@ def test_a_worker_lost_with_its_recordings_still_delivers_every_request_once(clu
         f"killed {len(killed_runs)} recording(s) with worker-b; every request delivered once, "
         f"the last {delivered_at - killed_at:.0f} s after the kill"
     )
+
+
+def _recording_for(cluster: Cluster, run_ids: list[str], seconds: float) -> bool:
+    """Each of these runs has had its recording task running for at least `seconds` (a run
+    is Running seconds before it records: its process imports, joins the room)."""
+    with cluster.prefect.client_settings(), get_client(sync_client=True) as client:
+        tasks = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(i) for i in run_ids]))
+        )
+    started = {
+        str(t.flow_run_id): t.start_time for t in tasks if t.name.startswith("record-") and t.start_time
+    }
+    now = datetime.now(UTC)
+    return all(i in started and (now - started[i]).total_seconds() >= seconds for i in run_ids)
 
 
 def _running_by_worker(cluster: Cluster) -> dict[str, list[str]]:
