@@ -18,36 +18,16 @@ process, start-up included.
 from __future__ import annotations
 
 import argparse
-import resource
-import statistics
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
+
+from cpu_time import cpu_children, cpu_self, measure
 
 from recorder.media.preview import poster_frame, waveform
 
 SEGMENT_SECONDS = 6
-
-
-def _cpu_self() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def _cpu_children() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-def _median_cpu(action: Callable[[], object], cpu: Callable[[], float], runs: int) -> float:
-    spent = []
-    for _ in range(runs):
-        before = cpu()
-        action()
-        spent.append(cpu() - before)
-    return statistics.median(spent)
 
 
 def _make_recording(folder: Path, seconds: int) -> tuple[Path, list[Path]]:
@@ -102,8 +82,8 @@ def main() -> None:
         print(f"{'preview':<22}{'ours CPU s':>12}{'ffmpeg CPU s':>14}{'ours/ffmpeg':>13}")
         for name, ours, ffmpeg_args in rows:
             command = ["ffmpeg", "-nostdin", "-v", "error", "-y", *ffmpeg_args]
-            our_cpu = _median_cpu(ours, _cpu_self, args.runs)
-            their_cpu = _median_cpu(lambda c=command: subprocess.run(c, check=True), _cpu_children, args.runs)
+            our_cpu, _ = measure(ours, cpu_self, args.runs)
+            their_cpu, _ = measure(lambda c=command: subprocess.run(c, check=True), cpu_children, args.runs)
             print(f"{name:<22}{our_cpu:>12.2f}{their_cpu:>14.2f}{our_cpu / their_cpu:>13.2f}")
             if name.startswith("waveform"):
                 print(f"{'':<22}{args.minutes / our_cpu:>12.1f} min of audio per CPU second (ours)")

@@ -18,17 +18,15 @@ import argparse
 import json
 import os
 import re
-import resource
 import shutil
-import statistics
 import subprocess
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import av
+from cpu_time import cpu_children, cpu_self, measure
 
 from recorder.media.capture import capture, segment_files
 from recorder.media.segment_reader import SegmentReader
@@ -43,26 +41,6 @@ SPEECH = (
     "Good morning everyone. Today we will look at the quarterly numbers, then take questions "
     "from the room. Please keep your microphone muted when you are not speaking."
 )
-
-
-def _cpu_self() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def _cpu_children() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-def _measure(action: Callable[[], object], cpu: Callable[[], float], runs: int) -> tuple[float, float]:
-    cpus, walls = [], []
-    for _ in range(runs):
-        c0, w0 = cpu(), time.perf_counter()
-        action()
-        cpus.append(cpu() - c0)
-        walls.append(time.perf_counter() - w0)
-    return statistics.median(cpus), statistics.median(walls)
 
 
 def _ffmpeg(*args: str) -> Callable[[], object]:
@@ -236,8 +214,8 @@ def _run(work: Path, args: argparse.Namespace) -> None:
             (work / "ours02.mp4", work / "theirs02.mp4"),
         ),
     ]
-    startup_cpu, _ = _measure(
-        _ffmpeg("-f", "lavfi", "-i", "anullsrc", "-t", "0", "-f", "null", "-"), _cpu_children, args.runs
+    startup_cpu, _ = measure(
+        _ffmpeg("-f", "lavfi", "-i", "anullsrc", "-t", "0", "-f", "null", "-"), cpu_children, args.runs
     )
 
     print(
@@ -256,8 +234,8 @@ def _run(work: Path, args: argparse.Namespace) -> None:
     )
     results: dict[str, tuple[float, float]] = {}
     for name, ours, theirs, _outputs in rows:
-        ours_cpu, ours_wall = _measure(ours, _cpu_self, args.runs)
-        theirs_cpu, theirs_wall = _measure(theirs, _cpu_children, args.runs)
+        ours_cpu, ours_wall = measure(ours, cpu_self, args.runs)
+        theirs_cpu, theirs_wall = measure(theirs, cpu_children, args.runs)
         results[name] = (ours_cpu, theirs_cpu)
         print(
             f"{name:<34} {ours_cpu:>10.3f} {theirs_cpu:>12.3f} {ours_cpu / theirs_cpu:>9.2f} "

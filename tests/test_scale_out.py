@@ -101,21 +101,10 @@ class Watch:
 
 
 def _sample(cluster: Cluster, ids: list[str], watch: Watch) -> None:
-    with cluster.prefect.client_settings(), get_client(sync_client=True) as client:
-        running = client.read_flow_runs(
-            flow_filter=FlowFilter(name=FlowFilterName(any_=["record-room"])),
-            flow_run_filter=FlowRunFilter(
-                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING]))
-            ),
-        )
-    per_worker: dict[str, int] = {}
-    for run in running:
-        pid = int(str(run.infrastructure_pid).rsplit(":", 1)[-1]) if run.infrastructure_pid else 0
-        worker = cluster.prefect.worker_of(pid) or "unknown"
-        per_worker[worker] = per_worker.get(worker, 0) + 1
-        watch.running_since.setdefault(str(run.id), time.monotonic())
-    for worker, count in per_worker.items():
-        watch.most_per_worker[worker] = max(watch.most_per_worker.get(worker, 0), count)
+    for worker, run_ids in _running_by_worker(cluster).items():
+        watch.most_per_worker[worker] = max(watch.most_per_worker.get(worker, 0), len(run_ids))
+        for run_id in run_ids:
+            watch.running_since.setdefault(run_id, time.monotonic())
     queued = 0
     for run_id in ids:
         if run_id in watch.stopped:
